@@ -1,0 +1,1 @@
+"""Connectors, one folder per scheme; see core/registry.py."""

@@ -1,0 +1,216 @@
+"""Writes canonical exports in neptune-exporter's layout, plus manifests.
+
+Parts are written as `.parquet.tmp` and renamed on commit with part_0 last (so
+a neptune-exporter reader never sees half a run); the run manifest is written
+after that, and only it marks the run complete for trackport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ... import __version__
+from ...core import layout
+from ...core.capabilities import Capabilities
+from ...core.connector import RunPlan, RunWriter, Sink
+from ...core.errors import RunError
+from ...core.model import DestRun, Origin, RunRef
+from ...core.schema import COLUMNS, SCHEMA
+from .source import ParquetSource
+
+DEFAULT_PART_BYTES = 50 * 1024 * 1024
+
+
+class ParquetSink(Sink):
+    capabilities = Capabilities(integer_steps=False, replayable=True)
+
+    def __init__(self, root: Path, options: dict[str, Any]):
+        self.root = root
+        self.uri = f"parquet:{root}"
+        self.part_bytes = int(options.get("part_size") or DEFAULT_PART_BYTES)
+        self._lock = threading.Lock()
+        self._manifest_ready = False
+        self.options = options
+
+    def _ensure_export_manifest(self, origin_uri: str) -> None:
+        with self._lock:
+            path = self.root / layout.EXPORT_MANIFEST
+            manifest = layout.read_json(path) if path.exists() else {
+                "format_version": layout.FORMAT_VERSION,
+                "producer": f"trackport {__version__}",
+                "created": datetime.now(timezone.utc).isoformat(),
+                "sources": [],
+            }
+            if origin_uri not in manifest["sources"]:
+                manifest["sources"].append(origin_uri)
+                layout.write_json_atomic(path, manifest)
+            elif not path.exists():
+                layout.write_json_atomic(path, manifest)
+
+    def find_run(self, origin: Origin) -> DestRun | None:
+        manifest_path = layout.run_manifest_path(self.root, origin.project_id, origin.run_id)
+        if manifest_path.exists():
+            return DestRun(f"{origin.project_id}/{origin.run_id}", True, locator=manifest_path)
+        project_dir = layout.project_data_dir(self.root, origin.project_id)
+        stem = layout.safe(origin.run_id)
+        if project_dir.is_dir() and any(project_dir.glob(f"{stem}_part_*")):
+            return DestRun(f"{origin.project_id}/{origin.run_id}", False)
+        return None
+
+    def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
+        self._ensure_export_manifest(plan.origin.uri)
+        return ParquetRunWriter(self, plan)
+
+    def as_source(self) -> ParquetSource:
+        return ParquetSource(self.root, self.options)
+
+    def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
+        source = self.as_source()
+        for run in source._runs_on_disk():
+            if run.manifest and run.manifest["project_id"] == origin.project_id and run.manifest["run_id"] == origin.run_id:
+                return RunRef(origin.project_id, origin.run_id, run)
+        raise RunError("not found in the export", project_id=origin.project_id, run_id=origin.run_id)
+
+
+class ParquetRunWriter(RunWriter):
+    def __init__(self, sink: ParquetSink, plan: RunPlan):
+        self.sink = sink
+        self.plan = plan
+        self.project_id = plan.ref.project_id
+        self.run_id = plan.ref.run_id
+        self.data_dir = layout.project_data_dir(sink.root, self.project_id)
+        self.files_dir = layout.project_files_dir(sink.root, self.project_id)
+        self.stem = layout.safe(self.run_id)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_leftovers()
+        self.part = -1
+        self.parts: list[Path] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self.attributes: dict[str, dict] = {}
+        self.copied: set[str] = set()
+        self.file_bytes = 0
+
+    def _clear_leftovers(self) -> None:
+        """A rerun rewrites a partial run from scratch: no stale part may survive."""
+        for old in self.data_dir.glob(f"{self.stem}_part_*"):
+            old.unlink()
+        layout.run_manifest_path(self.sink.root, self.project_id, self.run_id).unlink(missing_ok=True)
+
+    def _tmp(self, n: int) -> Path:
+        return self.data_dir / f"{self.stem}_part_{n}.parquet.tmp"
+
+    def _open_part(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.part += 1
+        path = self._tmp(self.part)
+        self.parts.append(path)
+        self.writer = pq.ParquetWriter(path, SCHEMA, compression="snappy")
+
+    def write(self, batch: pa.Table) -> None:
+        table = batch.select(list(COLUMNS)) if batch.column_names != list(COLUMNS) else batch
+        if table.num_rows == 0:
+            return
+        if self.writer is None or self.parts[-1].stat().st_size > self.sink.part_bytes:
+            self._open_part()
+        self.writer.write_table(table.cast(SCHEMA))
+        self.rows += table.num_rows
+        self._account(table)
+        self._copy_files(table)
+
+    def _account(self, table: pa.Table) -> None:
+        stats = table.group_by(["attribute_path", "attribute_type"]).aggregate(
+            [("step", "min"), ("step", "max"), ("attribute_path", "count")]
+        )
+        for path, typ, lo, hi, n in zip(*(stats.column(i).to_pylist() for i in range(5))):
+            entry = self.attributes.setdefault(path, {"type": typ, "rows": 0, "min_step": None, "max_step": None})
+            entry["rows"] += n
+            if lo is not None:
+                entry["min_step"] = lo if entry["min_step"] is None else min(lo, entry["min_step"])
+                entry["max_step"] = hi if entry["max_step"] is None else max(hi, entry["max_step"])
+
+    def _copy_files(self, table: pa.Table) -> None:
+        mask = pc.is_valid(table.column("file_value"))
+        if not pc.any(mask).as_py():
+            return
+        rows = table.filter(mask)
+        paths = pc.struct_field(rows.column("file_value"), "path").to_pylist()
+        for path in paths:
+            if path in self.copied or path is None:
+                continue
+            source = self.plan.files.local_path(path)
+            if source is None:
+                raise RunError("source cannot give a local file", project_id=self.project_id, run_id=self.run_id, file=path)
+            target = layout.resolve_inside(self.files_dir, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+                size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+            else:
+                shutil.copyfile(source, target)
+                size = target.stat().st_size
+            self.copied.add(path)
+            self.file_bytes += size
+            self.plan.report.files += 1
+            self.plan.report.bytes += size
+
+    def commit(self) -> DestRun:
+        if self.writer is None:  # an empty run still gets part_0, for readers of the old layout
+            self._open_part()
+        self.writer.close()
+        self.writer = None
+        digest = hashlib.blake2b(digest_size=16)
+        finals = []
+        for tmp in reversed(self.parts):  # part_0 last: old readers take it as "complete"
+            final = tmp.with_suffix("")
+            tmp.replace(final)
+            finals.append(final)
+        for final in reversed(finals):
+            with open(final, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        scan = self.plan.scan
+        manifest = {
+            "format_version": layout.FORMAT_VERSION,
+            "project_id": self.project_id,
+            "run_id": self.run_id,
+            "origin": {"uri": self.plan.origin.uri, "project_id": self.plan.origin.project_id,
+                       "run_id": self.plan.origin.run_id},
+            "parts": [p.name for p in reversed(finals)],
+            "rows": self.rows,
+            "attributes": {k: {**v, "min_step": _text(v["min_step"]), "max_step": _text(v["max_step"])}
+                           for k, v in sorted(self.attributes.items())},
+            "files": len(self.copied),
+            "file_bytes": self.file_bytes,
+            "checksum": "blake2b-128:" + digest.hexdigest(),
+            "source_modification_time": _text(scan.value("sys/modification_time")),
+            "written_at": datetime.now(timezone.utc).isoformat(),
+        }
+        path = layout.run_manifest_path(self.sink.root, self.project_id, self.run_id)
+        layout.write_json_atomic(path, manifest)
+        return DestRun(f"{self.project_id}/{self.run_id}", True, locator=path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:
+                pass
+            self.writer = None
+        for tmp in self.parts:
+            tmp.unlink(missing_ok=True)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+

@@ -1,0 +1,1 @@
+"""The spine: canonical format, pipeline, state, registry."""

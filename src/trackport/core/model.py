@@ -1,0 +1,78 @@
+"""Plain data passed between sources, the pipeline and sinks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .schema import CLASSES
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One run of a source; `locator` is private to the connector that made it."""
+
+    project_id: str
+    run_id: str
+    locator: Any = field(default=None, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a destination run came from: what makes a rerun find it again."""
+
+    uri: str
+    project_id: str
+    run_id: str
+
+
+@dataclass
+class DestRun:
+    """A run as found in (or written to) a destination."""
+
+    id: str
+    complete: bool
+    url: str | None = None
+    locator: Any = None
+
+
+@dataclass
+class Selection:
+    """What to move: filters shared by every command."""
+
+    projects: tuple[str, ...] = ()
+    run_pattern: re.Pattern | None = None
+    attribute_pattern: re.Pattern | None = None
+    classes: frozenset[str] = frozenset(CLASSES)
+
+    def wants_project(self, project_id: str) -> bool:
+        return not self.projects or project_id in self.projects
+
+    def wants_run(self, project_id: str, run_id: str) -> bool:
+        if not self.wants_project(project_id):
+            return False
+        return self.run_pattern is None or self.run_pattern.search(run_id) is not None
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(t for c in self.classes for t in CLASSES[c])
+
+    @property
+    def filters_rows(self) -> bool:
+        return self.attribute_pattern is not None or self.classes != frozenset(CLASSES)
+
+    def filter(self, table: pa.Table) -> pa.Table:
+        """Keep the rows of the selected classes and attributes (Arrow, no row loop)."""
+        if not self.filters_rows or table.num_rows == 0:
+            return table
+        mask = pc.is_in(table.column("attribute_type"), value_set=pa.array(sorted(self.types)))
+        if self.attribute_pattern is not None:
+            # Run-level metadata (sys/*) is kept so a filtered copy still names its runs.
+            paths = table.column("attribute_path")
+            hit = pc.match_substring_regex(paths, self.attribute_pattern.pattern)
+            mask = pc.and_(mask, pc.or_(hit, pc.starts_with(paths, "sys/")))
+        return table.filter(pc.fill_null(mask, False))

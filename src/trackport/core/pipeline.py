@@ -1,0 +1,450 @@
+"""Source -> canonical batches per run -> Sink, for copy, export and load.
+
+Per run: ask the destination whether the run is already there (complete:
+skip; partial: repair), scan the run once (metadata, step precision, files)
+so every check that can fail does so before anything is written, then stream
+the batches to the sink and commit.  Runs go in parallel (`workers`); a
+failing run is reported and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import steps as stepmath
+from .connector import FileAccess, RunPlan, RunScan, SeriesStats, Sink, Source
+from .errors import RunError, TransientError
+from .ledger import Ledger
+from .model import DestRun, RunRef, Selection
+from .report import FAILED, MOVED, PLANNED, REPAIRED, SKIPPED, CommandReport, RunReport
+from .schema import DEST_STEP, FILE_TYPES, SCHEMA, STEPPED_TYPES
+
+log = logging.getLogger("trackport")
+
+
+@dataclass
+class PipelineOptions:
+    select: Selection = field(default_factory=Selection)
+    workers: int = 4
+    step_multiplier: int | None = None
+    allow_drops: bool = False
+    max_attempts: int = 5
+    retry_budget_s: float = 600.0
+    work_dir: Path | None = None
+    connector_options: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """What the pipeline tells the outside world; the CLI draws it."""
+
+    def start(self, total_runs: int) -> None: ...
+    def run_started(self, name: str) -> None: ...
+    def points(self, n: int) -> None: ...
+    def run_done(self, name: str, status: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+# -- reading a run, once or twice ---------------------------------------------
+class RunData:
+    """A run's batches that can be read more than once (scan, then write)."""
+
+    def __init__(self, source: Source, ref: RunRef, select: Selection, work_dir: Path):
+        self.source = source
+        self.ref = ref
+        self.select = select
+        self.spool: Path | None = None
+        if not source.capabilities.replayable:
+            self.spool = Path(tempfile.mkstemp(prefix="run-", suffix=".parquet", dir=work_dir)[1])
+            self._fill_spool()
+
+    def _fill_spool(self) -> None:
+        writer = None
+        try:
+            for table in self.source.read_run(self.ref, self.select):
+                table = _as_table(table)
+                if writer is None:
+                    writer = pq.ParquetWriter(self.spool, table.schema, compression="lz4")
+                writer.write_table(table.cast(writer.schema) if not table.schema.equals(writer.schema) else table)
+        finally:
+            if writer is not None:
+                writer.close()
+            else:
+                pq.write_table(SCHEMA.empty_table(), self.spool)
+
+    def tables(self) -> Iterator[pa.Table]:
+        if self.spool is None:
+            for table in self.source.read_run(self.ref, self.select):
+                yield _as_table(table)
+        else:
+            for batch in pq.ParquetFile(self.spool).iter_batches(batch_size=65_536):
+                yield pa.Table.from_batches([batch])
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.unlink(missing_ok=True)
+
+
+def _as_table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+
+# -- the scan -------------------------------------------------------------------
+def scan_run(tables: Iterator[pa.Table]) -> RunScan:
+    scan = RunScan()
+    for table in tables:
+        if table.num_rows == 0:
+            continue
+        scan.rows += table.num_rows
+        types = table.column("attribute_type")
+        counts = pc.value_counts(types)
+        for item in counts.to_pylist():
+            scan.rows_by_type[item["values"]] += item["counts"]
+        step = table.column("step")
+        single = table.filter(pc.is_null(step))
+        if single.num_rows:
+            _scan_single_values(scan, single)
+        stepped = table.filter(pc.is_valid(step))
+        if stepped.num_rows:
+            _scan_series(scan, stepped)
+        ts = table.column("timestamp")
+        if ts.null_count < len(ts):
+            lo, hi = pc.min_max(ts).values()
+            lo, hi = lo.as_py(), hi.as_py()
+            scan.first_timestamp = lo if scan.first_timestamp is None else min(lo, scan.first_timestamp)
+            scan.last_timestamp = hi if scan.last_timestamp is None else max(hi, scan.last_timestamp)
+    return scan
+
+
+def _scan_single_values(scan: RunScan, single: pa.Table) -> None:
+    from .schema import VALUE_COLUMN
+
+    paths = single.column("attribute_path").to_pylist()
+    types = single.column("attribute_type").to_pylist()
+    columns = {name: single.column(name) for name in set(VALUE_COLUMN.values())}
+    for i, (path, typ) in enumerate(zip(paths, types)):
+        value = columns[VALUE_COLUMN[typ]][i].as_py()
+        if typ in FILE_TYPES:
+            scan.files.append((path, typ, None, value["path"] if value else None))
+        else:
+            scan.values[path] = (typ, value)
+
+
+def _scan_series(scan: RunScan, stepped: pa.Table) -> None:
+    stats = stepped.group_by(["attribute_path", "attribute_type"]).aggregate(
+        [("step", "count"), ("step", "min"), ("step", "max")]
+    )
+    for path, typ, n, lo, hi in zip(*(stats.column(i).to_pylist() for i in range(5))):
+        entry = scan.series.get(path)
+        if entry is None:
+            scan.series[path] = SeriesStats(typ, n, lo, hi)
+        else:
+            entry.count += n
+            entry.min_step = min(entry.min_step, lo)
+            entry.max_step = max(entry.max_step, hi)
+    places = stepmath.decimal_places(stepmath.unscaled(stepped.column("step")))
+    scan.step_places = max(scan.step_places, places)
+    file_rows = stepped.filter(pc.is_valid(stepped.column("file_value")))
+    if file_rows.num_rows:
+        paths = pc.struct_field(file_rows.column("file_value"), "path").to_pylist()
+        for attr, typ, step, path in zip(
+            file_rows.column("attribute_path").to_pylist(),
+            file_rows.column("attribute_type").to_pylist(),
+            file_rows.column("step").to_pylist(),
+            paths,
+        ):
+            scan.files.append((attr, typ, step, path))
+
+
+def check_step_collisions(data: RunData, converter: stepmath.StepConverter, ref: RunRef) -> int:
+    """Count floored steps; raise RunError if distinct steps of a series collide."""
+    floored_total = 0
+    suspects: list[pa.Table] = []
+    for table in data.tables():
+        stepped = table.filter(pc.is_valid(table.column("step")))
+        if not stepped.num_rows:
+            continue
+        dest, floored = converter.convert(stepped.column("step"))
+        if floored:
+            floored_total += floored
+            suspects.append(pa.table({
+                "a": stepped.column("attribute_path"),
+                "s": stepmath.unscaled(stepped.column("step")),
+                "d": dest,
+            }))
+    if not suspects:
+        return 0
+    merged = pa.concat_tables(suspects)
+    hits = stepmath.find_collisions(merged.column("a"), merged.column("s").to_numpy(), merged.column("d").to_numpy())
+    if hits:
+        raise RunError(
+            f"step multiplier {converter.multiplier} maps distinct steps onto one destination step "
+            f"({'; '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}); nothing was written. "
+            f"Fix: raise --step-multiplier or leave it to auto",
+            project_id=ref.project_id, run_id=ref.run_id,
+        )
+    return floored_total
+
+
+# -- retries ----------------------------------------------------------------------
+class Backoff:
+    """Jittered exponential backoff, shared by all workers of one pipeline."""
+
+    def __init__(self, budget_s: float, max_attempts: int):
+        self.budget_s = budget_s
+        self.max_attempts = max_attempts
+        self._pause_until = 0.0
+        self._lock = threading.Lock()
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            self._wait_shared()
+            try:
+                return fn()
+            except TransientError as exc:
+                attempt += 1
+                elapsed = time.monotonic() - started
+                if attempt >= self.max_attempts or elapsed >= self.budget_s:
+                    raise RunError(f"{what}: gave up after {attempt} attempts in {elapsed:.0f}s: {exc}") from None
+                delay = exc.retry_after if exc.retry_after is not None else min(60.0, 0.5 * 2 ** attempt)
+                delay *= random.uniform(0.8, 1.2)
+                with self._lock:
+                    self._pause_until = max(self._pause_until, time.monotonic() + delay)
+                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, exc, delay, attempt + 1)
+
+    def _wait_shared(self) -> None:
+        while True:
+            with self._lock:
+                pause = self._pause_until - time.monotonic()
+            if pause <= 0:
+                return
+            time.sleep(min(pause, 1.0))
+
+
+# -- the pipeline ---------------------------------------------------------------------
+class Pipeline:
+    def __init__(self, source: Source, sink: Sink | None, options: PipelineOptions,
+                 report: CommandReport, progress: Progress | None = None, ledger: Ledger | None = None):
+        self.source = source
+        self.sink = sink
+        self.opts = options
+        self.report = report
+        self.progress = progress or Progress()
+        self.ledger = ledger
+        self.backoff = Backoff(options.retry_budget_s, options.max_attempts)
+        self._own_work_dir = options.work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="trackport-")) if options.work_dir is None else options.work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    def list_runs(self) -> list[RunRef]:
+        return list(self.source.list_runs(self.opts.select))
+
+    def run(self, plan_only: bool = False) -> CommandReport:
+        try:
+            runs = self.list_runs()
+            self.progress.start(len(runs))
+            work = self.plan_run if plan_only else self.move_run
+            if self.opts.workers <= 1 or len(runs) <= 1:
+                for ref in runs:
+                    work(ref)
+            else:
+                with ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="run") as pool:
+                    list(pool.map(work, runs))
+            if self.sink is not None and not plan_only:
+                self.sink.close()
+        finally:
+            self.progress.finish()
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+        return self.report
+
+    # A run, planned --------------------------------------------------------------
+    def plan_run(self, ref: RunRef) -> RunReport:
+        run_report = self.report.add(RunReport(ref.project_id, ref.run_id, status=PLANNED))
+        name = self.source.describe_run(ref)
+        self.progress.run_started(name)
+        data = None
+        try:
+            origin = self.source.origin(ref)
+            existing = self.backoff.call(f"{name}: find", lambda: self.sink.find_run(origin)) if self.sink else None
+            if existing is not None and existing.complete:
+                run_report.status = SKIPPED
+                run_report.dest_id = existing.id
+                return run_report
+            data = RunData(self.source, ref, self.opts.select, self.work_dir)
+            scan = scan_run(data.tables())
+            self._count(run_report, scan, data)
+            plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
+                           options=self.opts.connector_options)
+            if self.sink is not None:
+                plan.steps = self._steps(scan, data, ref, run_report)
+                run_report.details["action"] = "repair" if existing else "create"
+                if plan.steps is not None:
+                    run_report.details["step_multiplier"] = plan.steps.multiplier
+                implied = self.sink.describe_plan(plan)
+                if implied:
+                    run_report.details["destination"] = implied
+                self._declared_drops(plan)
+            self._check_files(plan, dry=True)
+        except RunError as exc:
+            run_report.status = FAILED
+            run_report.error = str(exc)
+        finally:
+            if data is not None:
+                data.close()
+            self.progress.run_done(name, run_report.status)
+        return run_report
+
+    # A run, moved -------------------------------------------------------------------
+    def move_run(self, ref: RunRef) -> RunReport:
+        run_report = self.report.add(RunReport(ref.project_id, ref.run_id))
+        name = self.source.describe_run(ref)
+        self.progress.run_started(name)
+        attempts = 0
+        try:
+            origin = self.source.origin(ref)
+            while True:
+                attempts += 1
+                try:
+                    self._move_once(ref, origin, run_report, name)
+                    break
+                except TransientError as exc:
+                    if attempts >= self.opts.max_attempts:
+                        raise RunError(f"gave up after {attempts} attempts: {exc}",
+                                       project_id=ref.project_id, run_id=ref.run_id) from None
+                    delay = exc.retry_after or min(60.0, 0.5 * 2 ** attempts)
+                    log.warning("%s: %s; retrying the run in %.1fs", name, exc, delay)
+                    time.sleep(delay * random.uniform(0.8, 1.2))
+        except RunError as exc:
+            run_report.status = FAILED
+            run_report.error = str(exc) if exc.run_id else f"run {name}: {exc}"
+            log.error("%s", run_report.error)
+        except Exception as exc:  # a bug or an SDK surprise: name the run, keep going
+            run_report.status = FAILED
+            run_report.error = f"run {name}: unexpected {type(exc).__name__}: {exc}"
+            log.exception("run %s failed", name)
+        finally:
+            if self.ledger is not None:
+                self.ledger.record(self.source.uri, self.sink.uri, run_report, attempts)
+            self.progress.run_done(name, run_report.status)
+        return run_report
+
+    def _move_once(self, ref: RunRef, origin, run_report: RunReport, name: str) -> None:
+        sink = self.sink
+        existing: DestRun | None = self.backoff.call(f"{name}: find", lambda: sink.find_run(origin))
+        if existing is not None and existing.complete:
+            run_report.status = SKIPPED
+            run_report.dest_id = existing.id
+            return
+        data = RunData(self.source, ref, self.opts.select, self.work_dir)
+        writer = None
+        try:
+            scan = scan_run(data.tables())
+            self._count(run_report, scan, data)
+            plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
+                           options=self.opts.connector_options)
+            plan.steps = self._steps(scan, data, ref, run_report)
+            self._declared_drops(plan)
+            bad_files = self._check_files(plan, dry=False)
+            writer = sink.begin_run(plan, existing)
+            for table in data.tables():
+                table = self._prepare(table, plan, bad_files)
+                if table.num_rows:
+                    writer.write(table)
+                    self.progress.points(table.num_rows)
+            dest = writer.commit()
+            writer = None
+            run_report.dest_id = dest.id
+            run_report.status = REPAIRED if existing is not None else MOVED
+        except BaseException:
+            if writer is not None:
+                try:
+                    writer.abort()
+                except Exception:  # the original error matters more
+                    log.debug("abort failed", exc_info=True)
+            raise
+        finally:
+            data.close()
+
+    # helpers ----------------------------------------------------------------------
+    def _count(self, run_report: RunReport, scan: RunScan, data: RunData) -> None:
+        run_report.rows = scan.rows
+        run_report.points = scan.points
+        run_report.params = len(scan.values)
+        run_report.details["files_referenced"] = len(scan.files)
+
+    def _steps(self, scan: RunScan, data: RunData, ref: RunRef, run_report: RunReport):
+        if self.sink is None or not self.sink.capabilities.integer_steps:
+            return None
+        if self.opts.step_multiplier:
+            converter = stepmath.StepConverter(self.opts.step_multiplier, "user")
+            floored = check_step_collisions(data, converter, ref)
+            if floored:
+                run_report.transformed("step_floored", floored,
+                                       f"multiplier {converter.multiplier} leaves fractions; floored")
+        else:
+            converter = stepmath.StepConverter(stepmath.multiplier_for(scan.step_places), "auto")
+        if converter.multiplier != 1:
+            run_report.transformed("step_scaled", scan.points, f"steps x{converter.multiplier}")
+        return converter
+
+    def _declared_drops(self, plan: RunPlan) -> None:
+        caps = self.sink.capabilities
+        counts = plan.scan.rows_by_type
+        if not caps.histograms and counts.get("histogram_series"):
+            plan.report.dropped("histogram_unsupported", counts["histogram_series"])
+        if not caps.files:
+            n = sum(counts.get(t, 0) for t in FILE_TYPES)
+            if n:
+                plan.report.dropped("files_unsupported", n)
+        if not caps.keeps_timestamps:
+            n = sum(counts.get(t, 0) for t in STEPPED_TYPES)
+            if n:
+                plan.report.dropped("timestamps_not_kept", n)
+
+    def _check_files(self, plan: RunPlan, dry: bool) -> set[str]:
+        """Every referenced file must exist inside the files root, before anything is written."""
+        bad: set[str] = set()
+        for attr, typ, step, path in plan.scan.files:
+            if path is None:
+                continue
+            try:
+                local = plan.files.local_path(path)
+                if local is not None and not local.exists():
+                    raise RunError("file missing", project_id=plan.ref.project_id,
+                                   run_id=plan.ref.run_id, file=path)
+            except RunError as exc:
+                if not self.opts.allow_drops:
+                    raise RunError(
+                        f"{exc.reason} (attribute {attr}); nothing of this run was written. "
+                        f"Fix: restore the file, or pass --allow-drops to move the run without it",
+                        project_id=plan.ref.project_id, run_id=plan.ref.run_id, file=path,
+                    ) from None
+                bad.add(path)
+                plan.report.dropped("missing_file", 1, f"{attr}: {path}: {exc.reason}")
+        return bad
+
+    def _prepare(self, table: pa.Table, plan: RunPlan, bad_files: set[str]) -> pa.Table:
+        if bad_files:
+            paths = pc.struct_field(table.column("file_value"), "path")
+            keep = pc.invert(pc.fill_null(pc.is_in(paths, value_set=pa.array(sorted(bad_files))), False))
+            table = table.filter(keep)
+        if plan.steps is not None:
+            dest, _ = plan.steps.convert(table.column("step"))
+            table = table.append_column(pa.field(DEST_STEP, pa.int64()), dest)
+        return table
+

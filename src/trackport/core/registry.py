@@ -1,0 +1,118 @@
+"""Scheme -> connector, imported lazily (fsspec-style).
+
+Adding a tracker is one line here plus its folder under `connectors/`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import MissingExtraError, UsageError
+
+
+@dataclass(frozen=True)
+class ConnectorSpec:
+    scheme: str
+    module: str
+    extra: str | None          # pip extra that installs its SDK
+    requires: tuple[str, ...]  # importable names the extra provides
+    summary: str
+
+
+CONNECTORS: dict[str, ConnectorSpec] = {
+    spec.scheme: spec
+    for spec in (
+        ConnectorSpec("parquet", "trackport.connectors.parquet", None, (),
+                      "parquet:DIR (or a bare directory): a canonical / neptune-exporter export"),
+        ConnectorSpec("mlflow", "trackport.connectors.mlflow", "mlflow", ("mlflow",),
+                      "mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ParsedUri:
+    scheme: str
+    rest: str          # what follows `scheme:` (or the transport URL for `scheme+http://`)
+    original: str
+
+    @property
+    def display(self) -> str:
+        return redact(self.original)
+
+
+_SCHEME_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9]*)(?P<plus>\+[a-zA-Z]+)?:(?P<rest>.*)$", re.S)
+
+
+def parse_uri(text: str) -> ParsedUri:
+    if not text:
+        raise UsageError("empty URI")
+    match = _SCHEME_RE.match(text)
+    if match and not (len(match["scheme"]) == 1 and os.name == "nt"):
+        scheme = match["scheme"].lower()
+        if scheme in CONNECTORS:
+            rest = match["rest"]
+            if match["plus"]:
+                rest = f"{match['plus'][1:].lower()}:{rest}"
+            return ParsedUri(scheme, rest, text)
+        if not os.path.exists(text):
+            known = ", ".join(f"{s}: ({c.summary})" for s, c in sorted(CONNECTORS.items()))
+            raise UsageError(f"unknown scheme {scheme!r} in {redact(text)!r}; known schemes: {known}")
+    # A bare path is a parquet export root.
+    return ParsedUri("parquet", text, text)
+
+
+def connector(scheme: str):
+    spec = CONNECTORS.get(scheme)
+    if spec is None:
+        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(CONNECTORS))}")
+    missing = [name for name in spec.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"the {scheme} connector needs {', '.join(missing)}, which is not installed; "
+            f"fix: pip install 'trackport[{spec.extra}]'"
+        )
+    return importlib.import_module(spec.module)
+
+
+def open_source(uri: str, options: dict[str, Any] | None = None):
+    parsed = parse_uri(uri)
+    module = connector(parsed.scheme)
+    if not hasattr(module, "open_source"):
+        raise UsageError(f"{parsed.scheme} can only be a destination")
+    return module.open_source(parsed, dict(options or {}))
+
+
+def open_sink(uri: str, options: dict[str, Any] | None = None):
+    parsed = parse_uri(uri)
+    module = connector(parsed.scheme)
+    if not hasattr(module, "open_sink"):
+        raise UsageError(f"{parsed.scheme} can only be a source")
+    return module.open_sink(parsed, dict(options or {}))
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:token|api[_-]?key|key|password|secret|access_token)=)[^&#]*")
+
+
+def redact(text: str) -> str:
+    """Drop userinfo and secret-looking query values from anything URL-shaped."""
+    text = _SECRET_QUERY.sub(r"\1***", text)
+    head, sep, tail = text.partition("://")
+    if not sep:
+        return text
+    try:
+        parts = urlsplit("x://" + tail)
+    except ValueError:
+        return text
+    if parts.username is None and parts.password is None:
+        return text
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return head + "://" + urlunsplit(("x", host, parts.path, parts.query, parts.fragment))[len("x://"):]

@@ -1,0 +1,88 @@
+"""Human-readable output of reports (the JSON report is the contract; this is the view)."""
+
+from __future__ import annotations
+
+from .report import FAILED, DIFFERENT, MISSING, CommandReport
+
+_MAX_ROWS = 60
+_PROBLEMS = (FAILED, DIFFERENT, MISSING)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def render_report(report: CommandReport) -> None:
+    from rich.table import Table
+
+    console = _console()
+    data = report.to_json()
+    totals = data["totals"]
+    console.print(f"[bold]{report.command}[/bold] {report.source or ''} -> {report.destination or ''}")
+    if report.command == "plan":
+        for line in data.get("destination_capabilities", []):
+            console.print(f"  destination {line}")
+    show_all = report.command in ("plan", "verify") or len(report.runs) <= _MAX_ROWS
+    runs = sorted(report.runs, key=lambda r: (r.status not in _PROBLEMS, r.project_id, r.run_id))
+    shown = [r for r in runs if show_all or r.status in _PROBLEMS][:_MAX_ROWS]
+    if shown:
+        table = Table(show_lines=False)
+        for col in ("project", "run", "status", "points", "params", "files", "notes"):
+            table.add_column(col, overflow="fold")
+        for r in shown:
+            notes = []
+            if r.error:
+                notes.append(r.error)
+            if r.transformations:
+                notes.append("transformed: " + ", ".join(f"{k} {v}" for k, v in sorted(r.transformations.items())))
+            if r.drops:
+                notes.append("DROPPED: " + ", ".join(f"{k} {v}" for k, v in sorted(r.drops.items())))
+            for key in ("step_multiplier", "action"):
+                if key in r.details:
+                    notes.append(f"{key} {r.details[key]}")
+            for line in r.details.get("destination", []) or []:
+                notes.append(line)
+            for line in (r.details.get("differences") or [])[1:4]:
+                notes.append(line)
+            style = "red" if r.status in _PROBLEMS else None
+            table.add_row(r.project_id, r.run_id, f"[{style}]{r.status}[/{style}]" if style else r.status,
+                          f"{r.points:,}", f"{r.params:,}", f"{r.files:,}", "\n".join(notes))
+        console.print(table)
+        if len(shown) < len(runs):
+            console.print(f"... {len(runs) - len(shown)} more run(s); --json for all")
+    counts = ", ".join(f"{k} {v}" for k, v in totals.items()
+                       if k not in ("transformations", "drops", "runs", "points", "params", "files", "bytes") and v)
+    console.print(f"runs {totals['runs']} ({counts or 'none'}); points {totals['points']:,}; "
+                  f"params {totals['params']:,}; files {totals['files']:,} ({totals['bytes']:,} bytes)")
+    if totals["transformations"]:
+        console.print("transformations: " + ", ".join(f"{k} {v:,}" for k, v in sorted(totals["transformations"].items())))
+    if totals["drops"]:
+        allowed = " (allowed by --allow-drops)" if report.allow_drops else " (exit 1; --allow-drops to accept)"
+        console.print("[red]dropped[/red]: " + ", ".join(f"{k} {v:,}" for k, v in sorted(totals["drops"].items())) + allowed)
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+def render_inspect(summary: dict) -> None:
+    from rich.table import Table
+
+    console = _console()
+    t = summary["totals"]
+    console.print(f"[bold]{summary['root']}[/bold] ({summary['format']})")
+    console.print(f"projects {t['projects']}, runs {t['runs']}, rows {t['rows']:,}, "
+                  f"parquet {t['data_bytes']:,} bytes, files {t['file_bytes']:,} bytes")
+    table = Table()
+    for col in ("project", "runs", "rows", "types", "steps", "parquet bytes", "files"):
+        table.add_column(col, overflow="fold")
+    for p in summary["projects"]:
+        types = ", ".join(f"{k} {v:,}" for k, v in sorted(p["attribute_types"].items()))
+        steps = "-" if p["min_step"] is None else f"{p['min_step']} .. {p['max_step']}"
+        runs = f"{p['runs']}" + (f" ({p['incomplete_runs']} incomplete)" if p["incomplete_runs"] else "")
+        table.add_row(p["project_id"], runs, f"{p['rows']:,}", types, steps, f"{p['data_bytes']:,}",
+                      f"{p['files']:,} ({p['file_bytes']:,} B)")
+    console.print(table)
+    for p in summary["projects"]:
+        for line in p["unreadable"]:
+            console.print(f"[red]unreadable[/red]: {line}")

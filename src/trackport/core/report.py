@@ -1,0 +1,149 @@
+"""Machine-readable reports: what each command did, run by run.
+
+The exit code is computed from the report and nothing else:
+0 everything requested moved; 1 a run failed or data was dropped without the
+user allowing it; 2 usage errors (raised before any report exists).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+# Run outcomes
+MOVED = "moved"            # written now, complete
+REPAIRED = "repaired"      # found partial in the destination, finished now
+SKIPPED = "skipped"        # already complete in the destination
+FAILED = "failed"
+PLANNED = "planned"        # plan only
+VERIFIED = "verified"      # verify: equal after declared transformations
+DIFFERENT = "different"    # verify: undeclared difference
+MISSING = "missing"        # verify: not in the destination (or not complete)
+
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class RunReport:
+    project_id: str
+    run_id: str
+    status: str = ""
+    dest_id: str | None = None
+    rows: int = 0
+    points: int = 0
+    params: int = 0
+    files: int = 0
+    bytes: int = 0
+    transformations: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def transformed(self, kind: str, count: int = 1, example: str | None = None) -> None:
+        with self._lock:
+            self.transformations[kind] += count
+            self._example(kind, example)
+
+    def dropped(self, kind: str, count: int = 1, example: str | None = None) -> None:
+        with self._lock:
+            self.drops[kind] += count
+            self._example(kind, example)
+
+    def _example(self, kind: str, example: str | None) -> None:
+        if example is None:
+            return
+        seen = self.examples.setdefault(kind, [])
+        if len(seen) < _MAX_EXAMPLES and example not in seen:
+            seen.append(example)
+
+    def to_json(self) -> dict:
+        out = {
+            "project_id": self.project_id,
+            "run_id": self.run_id,
+            "status": self.status,
+            "dest_id": self.dest_id,
+            "rows": self.rows,
+            "points": self.points,
+            "params": self.params,
+            "files": self.files,
+            "bytes": self.bytes,
+            "transformations": dict(self.transformations),
+            "drops": dict(self.drops),
+            "examples": self.examples,
+            "error": self.error,
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+@dataclass
+class CommandReport:
+    command: str
+    source: str | None = None
+    destination: str | None = None
+    allow_drops: bool = False
+    runs: list[RunReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, run: RunReport) -> RunReport:
+        with self._lock:
+            self.runs.append(run)
+        return run
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.runs if r.status == status)
+
+    @property
+    def drops(self) -> Counter:
+        total: Counter = Counter()
+        for r in self.runs:
+            total.update(r.drops)
+        return total
+
+    @property
+    def transformations(self) -> Counter:
+        total: Counter = Counter()
+        for r in self.runs:
+            total.update(r.transformations)
+        return total
+
+    @property
+    def exit_code(self) -> int:
+        if any(r.status in (FAILED, DIFFERENT, MISSING) for r in self.runs):
+            return 1
+        if not self.allow_drops and any(r.drops for r in self.runs):
+            return 1
+        return 0
+
+    def to_json(self) -> dict:
+        statuses = Counter(r.status for r in self.runs)
+        return {
+            "command": self.command,
+            "source": self.source,
+            "destination": self.destination,
+            "exit_code": self.exit_code,
+            "totals": {
+                "runs": len(self.runs),
+                **{k: statuses[k] for k in sorted(statuses)},
+                "points": sum(r.points for r in self.runs),
+                "params": sum(r.params for r in self.runs),
+                "files": sum(r.files for r in self.runs),
+                "bytes": sum(r.bytes for r in self.runs),
+                "transformations": dict(self.transformations),
+                "drops": dict(self.drops),
+            },
+            "notes": self.notes,
+            **self.extra,
+            "runs": [r.to_json() for r in sorted(self.runs, key=lambda r: (r.project_id, r.run_id))],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, default=str)

@@ -1,0 +1,162 @@
+"""The canonical long-row format: one row per scalar value or series point.
+
+Column for column the schema neptune-exporter writes (see DESIGN.md section 2),
+so its exports load unchanged and ours load with it.  Readers accept extra
+top-level columns; writers only ever add new nullable top-level columns.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+STEP_TYPE = pa.decimal128(18, 6)
+STEP_SCALE = 6
+TIMESTAMP_TYPE = pa.timestamp("ms", tz="UTC")
+FILE_TYPE = pa.struct([pa.field("path", pa.string())])
+HISTOGRAM_TYPE = pa.struct(
+    [
+        pa.field("type", pa.string()),
+        pa.field("edges", pa.list_(pa.float64())),
+        pa.field("values", pa.list_(pa.float64())),
+    ]
+)
+
+SCHEMA = pa.schema(
+    [
+        pa.field("project_id", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("attribute_path", pa.string()),
+        pa.field("attribute_type", pa.string()),
+        pa.field("step", STEP_TYPE),
+        pa.field("timestamp", TIMESTAMP_TYPE),
+        pa.field("int_value", pa.int64()),
+        pa.field("float_value", pa.float64()),
+        pa.field("string_value", pa.string()),
+        pa.field("bool_value", pa.bool_()),
+        pa.field("datetime_value", TIMESTAMP_TYPE),
+        pa.field("string_set_value", pa.list_(pa.string())),
+        pa.field("file_value", FILE_TYPE),
+        pa.field("histogram_value", HISTOGRAM_TYPE),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+# In-memory only: the integer step a destination with integer steps receives,
+# computed by the core (exact decimal arithmetic, collisions checked) and never
+# written to an export.
+DEST_STEP = "dest_step"
+
+# attribute_type -> the column holding its value
+VALUE_COLUMN: dict[str, str] = {
+    "float": "float_value",
+    "int": "int_value",
+    "string": "string_value",
+    "bool": "bool_value",
+    "datetime": "datetime_value",
+    "string_set": "string_set_value",
+    "float_series": "float_value",
+    "string_series": "string_value",
+    "histogram_series": "histogram_value",
+    "file": "file_value",
+    "file_series": "file_value",
+    "file_set": "file_value",
+    "artifact": "file_value",
+}
+ATTRIBUTE_TYPES = frozenset(VALUE_COLUMN)
+
+PARAM_TYPES = frozenset({"float", "int", "string", "bool", "datetime", "string_set"})
+METRIC_TYPES = frozenset({"float_series"})
+SERIES_TYPES = frozenset({"string_series", "histogram_series"})
+FILE_TYPES = frozenset({"file", "file_series", "file_set", "artifact"})
+STEPPED_TYPES = frozenset({"float_series", "string_series", "histogram_series", "file_series"})
+
+# Data classes, as selected with --classes
+CLASSES: dict[str, frozenset[str]] = {
+    "params": PARAM_TYPES,
+    "metrics": METRIC_TYPES,
+    "series": SERIES_TYPES,
+    "files": FILE_TYPES,
+}
+CLASS_OF_TYPE = {t: c for c, types in CLASSES.items() for t in types}
+
+
+class SchemaError(ValueError):
+    """A batch or file does not fit the canonical schema."""
+
+
+def empty_table() -> pa.Table:
+    return SCHEMA.empty_table()
+
+
+def conform(batch: pa.RecordBatch | pa.Table, where: str = "") -> pa.Table:
+    """Cast a batch to the canonical column types, keeping extra columns.
+
+    Missing canonical columns are added as nulls.  A column that cannot be cast
+    without loss raises SchemaError naming the column and `where`.
+    """
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    arrays = []
+    fields = []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            if not col.type.equals(field.type):
+                try:
+                    col = _cast_column(col, field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise SchemaError(
+                        f"{where}: column {field.name!r} has type {col.type}, "
+                        f"expected {field.type} ({exc})"
+                    ) from None
+        else:
+            col = pa.nulls(table.num_rows, field.type)
+        arrays.append(col)
+        fields.append(field)
+    for name in table.column_names:
+        if name not in SCHEMA.names:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _cast_column(col, target: pa.DataType):
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+        if col.type.equals(target):
+            return col
+    if pa.types.is_timestamp(target) and pa.types.is_timestamp(col.type):
+        # Finer units are truncated to ms only when nothing is lost.
+        casted = col.cast(pa.timestamp(col.type.unit, tz="UTC") if col.type.tz is None else col.type)
+        return pc.cast(casted, target, safe=True)
+    if pa.types.is_large_string(col.type) and pa.types.is_string(target):
+        return col.cast(target)
+    return pc.cast(col, target, safe=True)
+
+
+def check_types(table: pa.Table, where: str = "") -> None:
+    """Reject attribute types this version does not know, naming them."""
+    unknown = pc.unique(table.column("attribute_type")).to_pylist()
+    bad = sorted(t for t in unknown if t not in ATTRIBUTE_TYPES)
+    if bad:
+        raise SchemaError(
+            f"{where}: unknown attribute_type {', '.join(map(repr, bad))}; "
+            f"known: {', '.join(sorted(ATTRIBUTE_TYPES))}"
+        )
+
+
+def rows_to_table(rows: Iterable[Mapping], extra: Mapping[str, object] | None = None) -> pa.Table:
+    """Build a canonical table from dict rows (small payloads only, not hot paths)."""
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    for row in rows:
+        merged = {**(extra or {}), **row}
+        for name in COLUMNS:
+            cols[name].append(merged.get(name))
+    return pa.Table.from_pydict(cols, schema=SCHEMA)
+
+
+def filter_types(table: pa.Table, types: Iterable[str]) -> pa.Table:
+    mask = pc.is_in(table.column("attribute_type"), value_set=pa.array(sorted(types), pa.string()))
+    return table.filter(mask)
