@@ -176,7 +176,11 @@ def check_step_collisions(data: RunData, converter: stepmath.StepConverter, ref:
         stepped = table.filter(pc.is_valid(table.column("step")))
         if not stepped.num_rows:
             continue
-        dest, floored = converter.convert(stepped.column("step"))
+        try:
+            dest, floored = converter.convert(stepped.column("step"))
+        except OverflowError as exc:
+            raise RunError(f"{exc}; nothing was written. Fix: lower --step-multiplier",
+                           project_id=ref.project_id, run_id=ref.run_id) from None
         if floored:
             floored_total += floored
             suspects.append(pa.table({

@@ -68,11 +68,18 @@ def parse_uri(text: str) -> ParsedUri:
     return ParsedUri("parquet", text, text)
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # e.g. sys.modules[name] is None: import blocked
+        return False
+
+
 def connector(scheme: str):
     spec = CONNECTORS.get(scheme)
     if spec is None:
         raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(CONNECTORS))}")
-    missing = [name for name in spec.requires if importlib.util.find_spec(name) is None]
+    missing = [name for name in spec.requires if not _importable(name)]
     if missing:
         raise MissingExtraError(
             f"the {scheme} connector needs {', '.join(missing)}, which is not installed; "

@@ -11,7 +11,9 @@ landing on one destination step is an error before anything is written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa
@@ -70,14 +72,15 @@ class StepConverter:
         if isinstance(steps, pa.ChunkedArray):
             steps = steps.combine_chunks() if steps.num_chunks != 1 else steps.chunk(0)
         u = unscaled(steps)
-        m = self.multiplier
+        # u * multiplier / 10**6, reduced first so the product stays inside int64
+        g = math.gcd(self.multiplier, _DENOM)
+        m, denom = self.multiplier // g, _DENOM // g
         if u.size and m > 1 and int(np.abs(u).max()) > _INT64_MAX // m:
             raise OverflowError(
-                f"step multiplier {m} overflows 64-bit integer steps for step "
-                f"{int(np.abs(u).max()) / _DENOM}"
+                f"step multiplier {self.multiplier} overflows 64-bit integer steps at step "
+                f"{Decimal(int(np.abs(u).max())).scaleb(-STEP_SCALE)}"
             )
-        scaled = u * m
-        dest, rem = np.divmod(scaled, _DENOM)
+        dest, rem = np.divmod(u * m, denom)
         valid = np.asarray(steps.is_valid()) if steps.null_count else None
         floored = int(np.count_nonzero(rem if valid is None else rem[valid]))
         mask = None if valid is None else ~valid
