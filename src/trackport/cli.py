@@ -244,8 +244,9 @@ def verify(src, dst, **kw):
 @click.option("--project", "projects", multiple=True, help="Only this project (repeatable).")
 @click.option("--run", "run_pattern", help="Only runs whose id matches this regex.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--no-progress", is_flag=True, hidden=True, help="Accepted for symmetry; inspect draws no bars.")
 @handles_errors
-def inspect(directory, projects, run_pattern, as_json):
+def inspect(directory, projects, run_pattern, as_json, no_progress):
     """Summarise a parquet export: projects, runs, attribute types, steps, rows, bytes on disk."""
     import json
     import re

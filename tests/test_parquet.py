@@ -1,0 +1,200 @@
+"""The parquet connector and the pipeline, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from support import canonical_rows, read_plain_export, run_cli, runs_by_id
+from trackport.core import layout
+from trackport.core.schema import SCHEMA, rows_to_table
+from trackport.testing.corpus import CORPUS_PROJECT, build_corpus, corpus_run_id
+from trackport.testing.exporter_layout import write_exporter_export
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(big=False)
+
+
+@pytest.fixture
+def exporter_export(tmp_path, corpus):
+    root = tmp_path / "neptune-export"
+    write_exporter_export(root, corpus, part_rows=700)  # multi-part runs
+    return root
+
+
+def test_neptune_exporter_export_round_trips_through_our_export(tmp_path, corpus, exporter_export):
+    out = tmp_path / "ours"
+    code, report, _ = run_cli("export", str(exporter_export), str(out))
+    assert code == 0, report
+    assert report["totals"]["moved"] == len(corpus)
+    # readable by a reader that knows only neptune-exporter's schema and layout
+    plain = read_plain_export(out)
+    assert set(plain) == {(r.project_id, r.run_id) for r in corpus}
+    for run in corpus:
+        table = plain[(run.project_id, run.run_id)]
+        assert table.schema.equals(SCHEMA)
+        assert canonical_rows(table) == canonical_rows(run.table), run.case
+        for rel, data in run.files.items():
+            assert (layout.project_files_dir(out, run.project_id) / rel).read_bytes() == data
+    # and our manifests say what is there
+    manifest = json.loads((out / "trackport.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["sources"] == [f"parquet:{exporter_export}"]
+    big = json.loads(layout.run_manifest_path(out, CORPUS_PROJECT, corpus_run_id("big_series")).read_text())
+    assert big["attributes"]["metrics/big_series"]["rows"] == 2000
+    code, report, _ = run_cli("verify", str(exporter_export), str(out))
+    assert code == 0 and report["totals"]["verified"] == len(corpus), report
+
+
+def test_rerun_skips_and_a_partial_run_is_repaired(tmp_path, corpus, exporter_export):
+    out = tmp_path / "ours"
+    assert run_cli("export", str(exporter_export), str(out))[0] == 0
+    code, report, _ = run_cli("export", str(exporter_export), str(out))
+    assert code == 0 and report["totals"]["skipped"] == len(corpus)
+    # A crash before the manifest: the run is partial, and a stale .tmp part lies around.
+    victim = corpus_run_id("big_series")
+    layout.run_manifest_path(out, CORPUS_PROJECT, victim).unlink()
+    stale = layout.part_path(out, CORPUS_PROJECT, victim, 7).with_suffix(".parquet.tmp")
+    stale.write_bytes(b"half a part")
+    code, report, _ = run_cli("export", str(exporter_export), str(out))
+    assert code == 0
+    assert runs_by_id(report)[victim]["status"] == "repaired"
+    assert report["totals"]["skipped"] == len(corpus) - 1
+    assert not stale.exists()
+    assert run_cli("verify", str(exporter_export), str(out))[0] == 0
+
+
+def test_parts_roll_over_at_the_size_set(tmp_path, exporter_export):
+    out = tmp_path / "ours"
+    code, _, _ = run_cli("export", str(exporter_export), str(out), "--part-size", "4000", "--run", "CORP-7$")
+    assert code == 0
+    parts = sorted(layout.project_data_dir(out, CORPUS_PROJECT).glob("*_part_*.parquet"))
+    assert len(parts) > 1
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == 2003  # series + sys values
+
+
+def test_incomplete_runs_are_not_read(tmp_path, corpus):
+    root = tmp_path / "exp"
+    write_exporter_export(root, corpus[:2])
+    # neptune-exporter crashed mid-run: only a .tmp part and a later part exist
+    data_dir = layout.project_data_dir(root, CORPUS_PROJECT)
+    part0 = layout.part_path(root, CORPUS_PROJECT, corpus[1].run_id, 0)
+    part0.rename(part0.with_name(part0.name.replace("_part_0", "_part_1")))
+    code, report, _ = run_cli("export", str(root), str(tmp_path / "out"))
+    assert code == 1
+    run = runs_by_id(report)[corpus[1].run_id]
+    assert run["status"] == "failed" and "incomplete" in run["error"]
+    assert runs_by_id(report)[corpus[0].run_id]["status"] == "moved"
+    assert any("incomplete" in n for n in report["notes"])
+    assert data_dir.exists()
+
+
+def _one_run_export(root: Path, run_id: str, rows: list[dict], files: dict[str, bytes] | None = None):
+    table = rows_to_table(rows, extra={"project_id": "ws/p", "run_id": run_id})
+    path = layout.part_path(root, "ws/p", run_id, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    for rel, data in (files or {}).items():
+        target = layout.project_files_dir(root, "ws/p") / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return path
+
+
+def _name(run_id):
+    return {"attribute_path": "sys/name", "attribute_type": "string", "string_value": run_id}
+
+
+def _file(attr, path):
+    return {"attribute_path": attr, "attribute_type": "file", "file_value": {"path": path}}
+
+
+def test_bad_input_fails_only_its_own_run(tmp_path):
+    root = tmp_path / "hostile"
+    _one_run_export(root, "GOOD", [_name("GOOD"), _file("files/a.txt", "a.txt"),
+                                   {"attribute_path": "x", "attribute_type": "float", "float_value": float("nan")}],
+                    {"a.txt": b"fine"})
+    _one_run_export(root, "EMPTY", [_name("EMPTY")])
+    corrupt = _one_run_export(root, "CORRUPT", [_name("CORRUPT")])
+    corrupt.write_bytes(corrupt.read_bytes()[:40])
+    _one_run_export(root, "MISSING", [_name("MISSING"), _file("files/gone.bin", "gone.bin")])
+    (tmp_path / "outside.txt").write_text("secret")
+    _one_run_export(root, "ESCAPE", [_name("ESCAPE"), _file("files/evil", "../../../outside.txt")])
+    _one_run_export(root, "WEIRD", [_name("WEIRD"), {"attribute_path": "q", "attribute_type": "quaternion"}])
+
+    out = tmp_path / "out"
+    code, report, _ = run_cli("export", str(root), str(out))
+    assert code == 1
+    runs = runs_by_id(report)
+    assert runs["GOOD"]["status"] == "moved" and runs["GOOD"]["files"] == 1
+    assert runs["EMPTY"]["status"] == "moved"
+    assert runs["MISSING"]["status"] == "failed"
+    assert "gone.bin" in runs["MISSING"]["error"] and "MISSING" in runs["MISSING"]["error"]
+    assert "--allow-drops" in runs["MISSING"]["error"]
+    assert runs["ESCAPE"]["status"] == "failed" and "escapes" in runs["ESCAPE"]["error"]
+    assert "quaternion" in runs["WEIRD"]["error"] and "_part_0.parquet" in runs["WEIRD"]["error"]
+    bad = [r for r in report["runs"] if r["status"] == "failed" and r not in (runs["MISSING"], runs["ESCAPE"], runs["WEIRD"])]
+    assert len(bad) == 1 and "_part_0.parquet" in bad[0]["error"]  # the corrupt one, named by its file
+    assert not (out / "files" / "outside.txt").exists()
+
+    # With --allow-drops the missing file is dropped, reported, and the exit code accepts it.
+    code, report, _ = run_cli("export", str(root), str(out), "--allow-drops", "--run", "MISSING|ESCAPE")
+    assert code == 0
+    runs = runs_by_id(report)
+    assert runs["MISSING"]["status"] == "moved" and runs["MISSING"]["drops"] == {"missing_file": 1}
+    assert runs["ESCAPE"]["drops"] == {"missing_file": 1}
+    tables = read_plain_export(out)
+    assert "files/gone.bin" not in tables[("ws/p", "MISSING")].column("attribute_path").to_pylist()
+
+
+def test_filters_select_classes_attributes_and_runs(tmp_path, corpus, exporter_export):
+    out = tmp_path / "ours"
+    code, report, _ = run_cli("export", str(exporter_export), str(out), "--classes", "metrics",
+                              "--run", "CORP-(1|7)$")
+    assert code == 0 and report["totals"]["runs"] == 2
+    tables = read_plain_export(out)
+    types = set(tables[(CORPUS_PROJECT, "CORP-7")].column("attribute_type").to_pylist())
+    assert types == {"float_series"}
+    out2 = tmp_path / "ours2"
+    code, report, _ = run_cli("export", str(exporter_export), str(out2), "--attribute", "^metrics/big_series$",
+                              "--run", "CORP-7$")
+    paths = set(read_plain_export(out2)[(CORPUS_PROJECT, "CORP-7")].column("attribute_path").to_pylist())
+    assert "metrics/big_series" in paths and all(p == "metrics/big_series" or p.startswith("sys/") for p in paths)
+
+
+def test_usage_errors_exit_2(tmp_path, exporter_export):
+    code, _, output = run_cli("copy", "comet://x/y", str(tmp_path / "o"))
+    assert code == 2 and "known schemes" in output
+    code, _, output = run_cli("export", str(exporter_export), str(tmp_path / "o"), "--classes", "pictures")
+    assert code == 2 and "pictures" in output
+    code, _, output = run_cli("export", str(tmp_path / "nowhere"), str(tmp_path / "o"))
+    assert code == 2 and "does not exist" in output
+
+
+def test_inspect_counts_rows_and_disk_bytes(tmp_path, corpus, exporter_export):
+    result = run_cli("inspect", str(exporter_export))
+    summary = json.loads(result[2])
+    assert result[0] == 0
+    assert summary["totals"]["runs"] == len(corpus)
+    assert summary["totals"]["rows"] == sum(r.num_rows for r in corpus)
+    on_disk = sum(p.stat().st_size for p in (exporter_export / "data").rglob("*.parquet"))
+    assert summary["totals"]["data_bytes"] == on_disk
+    project = summary["projects"][0]
+    assert project["attribute_types"]["histogram_series"] > 0
+    assert project["min_step"] is not None
+
+
+def test_plan_writes_nothing_and_tells_the_multiplier(tmp_path, exporter_export):
+    db = tmp_path / "plan.db"
+    code, report, _ = run_cli("plan", str(exporter_export), f"mlflow:sqlite:///{db}", "--run", "CORP-6$")
+    assert code == 0, report
+    run = report["runs"][0]
+    assert run["status"] == "planned" and run["details"]["step_multiplier"] == 10**6
+    assert run["transformations"]["step_scaled"] == run["points"]
+    assert any("integers only" in line for line in report["destination_capabilities"])
+    assert not db.exists()
+
