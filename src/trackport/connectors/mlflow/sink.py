@@ -1,0 +1,749 @@
+"""MLflow sink: canonical runs -> MLflow runs (see DESIGN.md and mapping.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trackport.core.capabilities import Capabilities
+from trackport.core.connector import RunPlan, RunWriter, Sink
+from trackport.core.errors import RunError, TransientError
+from trackport.core.model import DestRun, Origin, RunRef
+from trackport.core.schema import DEST_STEP, FILE_TYPES, PARAM_TYPES, SERIES_TYPES, VALUE_COLUMN
+from trackport.core.steps import StepConverter
+
+from . import mapping as mp
+from .client import Metric, Param, RunTag, Tracking, errors
+
+log = logging.getLogger(__name__)
+
+SINK_CAPABILITIES = Capabilities(
+    integer_steps=True,
+    keeps_timestamps=True,
+    max_key_length=mp.MAX_KEY_LENGTH,
+    key_rule=mp.KEY_RULE,
+    max_param_length=mp.MAX_PARAM_LENGTH,
+    files=True,
+    histograms=True,
+    forks=True,
+    resumable=True,
+    replayable=False,
+    transformations=dict(mp.TRANSFORMATIONS),
+)
+
+_PARAM_TYPES = pa.array(sorted(PARAM_TYPES), pa.string())
+_SERIES_TYPES = pa.array(sorted(SERIES_TYPES), pa.string())
+_FILE_TYPES = pa.array(sorted(FILE_TYPES), pa.string())
+
+
+class _Known:
+    __slots__ = ("run_id", "complete", "start_time")
+
+    def __init__(self, run_id: str, complete: bool, start_time: int = 0):
+        self.run_id = run_id
+        self.complete = complete
+        self.start_time = start_time
+
+
+class MlflowSink(Sink):
+    capabilities = SINK_CAPABILITIES
+
+    def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any]):
+        self.tracking = tracking
+        self.uri = uri
+        self.options = options
+        self._lock = threading.Lock()
+        self._index_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._index: dict[tuple[str, str], dict[tuple[str, str], _Known]] = {}
+        # child MLflow run id -> (experiment id, parent origin), waiting for the parent
+        self._pending_parents: dict[str, tuple[str, Origin]] = {}
+
+    # -- finding runs ----------------------------------------------------------
+
+    def experiment_name(self, project_id: str) -> str:
+        try:
+            return mp.experiment_name(self.options.get("mlflow_experiment"), project_id)
+        except ValueError as exc:
+            raise RunError(str(exc), project_id=project_id) from None
+
+    def _runs_of(self, experiment_id: str, origin_uri: str) -> dict[tuple[str, str], _Known]:
+        """Runs loaded from `origin_uri` in one experiment, by (project, run id): one search, cached."""
+        cache_key = (experiment_id, origin_uri)
+        with self._lock:
+            got = self._index.get(cache_key)
+            if got is not None:
+                return got
+            lock = self._index_locks.setdefault(cache_key, threading.Lock())
+        with lock:
+            with self._lock:
+                got = self._index.get(cache_key)
+            if got is not None:
+                return got
+            found = self._search(experiment_id, origin_uri)
+            with self._lock:
+                self._index[cache_key] = found
+            return found
+
+    def _search(self, experiment_id: str, origin_uri: str, run_id: str | None = None
+                ) -> dict[tuple[str, str], _Known]:
+        quoted = mp.search_value(origin_uri)
+        flt = f'tags."{mp.TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{mp.TAG_ORIGIN_URI}" != \'\''
+        quoted_run = mp.search_value(run_id) if run_id is not None else None
+        if quoted_run:
+            flt += f' and tags."{mp.TAG_ORIGIN_RUN}" = {quoted_run}'
+        found: dict[tuple[str, str], _Known] = {}
+        for run in self.tracking.search_runs([experiment_id], flt):
+            tags = run.data.tags
+            if tags.get(mp.TAG_ORIGIN_URI) != origin_uri:
+                continue
+            key = (tags.get(mp.TAG_ORIGIN_PROJECT, ""), tags.get(mp.TAG_ORIGIN_RUN, ""))
+            known = _Known(run.info.run_id, tags.get(mp.TAG_COMPLETE) == "true", run.info.start_time or 0)
+            prev = found.get(key)
+            # Should there ever be two, prefer the complete one, then the oldest (deterministic).
+            if prev is None or _rank(known) < _rank(prev):
+                found[key] = known
+        return found
+
+    def _lookup(self, origin: Origin, create_experiment: bool) -> tuple[str | None, _Known | None]:
+        name = self.experiment_name(origin.project_id)
+        eid = self.tracking.experiment_id(name, create=create_experiment)
+        if eid is None:
+            return None, None
+        return eid, self._runs_of(eid, origin.uri).get((origin.project_id, origin.run_id))
+
+    def _remember(self, experiment_id: str, origin: Origin, known: _Known) -> None:
+        runs = self._runs_of(experiment_id, origin.uri)
+        with self._lock:
+            runs[(origin.project_id, origin.run_id)] = known
+
+    def find_run(self, origin: Origin) -> DestRun | None:
+        if not self.tracking.exists():
+            return None
+        eid, known = self._lookup(origin, create_experiment=False)
+        if known is None:
+            return None
+        return DestRun(known.run_id, known.complete, self.tracking.run_url(eid, known.run_id), known.run_id)
+
+    # -- writing ---------------------------------------------------------------
+
+    def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
+        if self.options.get("read_only"):
+            raise RunError("this MLflow sink was opened read-only", project_id=plan.origin.project_id,
+                           run_id=plan.origin.run_id)
+        origin = plan.origin
+        eid, known = self._lookup(origin, create_experiment=True)
+        assert eid is not None
+        if resume is None and known is None:
+            # The cache may be older than a run another process created: ask once more, for
+            # this run only, so that one origin never gets two MLflow runs.
+            known = self._search(eid, origin.uri, origin.run_id).get((origin.project_id, origin.run_id))
+            if known is not None:
+                self._remember(eid, origin, known)
+        run_id = resume.id if resume is not None else (known.run_id if known is not None else None)
+        writer = MlflowRunWriter(self, plan, eid)
+        writer.start(run_id)
+        return writer
+
+    def as_source(self):
+        from .source import MlflowSource
+
+        return MlflowSource(self.tracking, self.uri, self.options)
+
+    def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
+        return RunRef(origin.project_id, origin.run_id, dest.locator or dest.id)
+
+    def describe_plan(self, plan: RunPlan) -> str:
+        return f"MLflow experiment {self.experiment_name(plan.origin.project_id)!r}"
+
+    # -- fork parents ----------------------------------------------------------
+
+    def _parent_run(self, experiment_id: str, parent: Origin) -> str | None:
+        eid, known = self._lookup(parent, create_experiment=False)
+        return known.run_id if known is not None else None
+
+    def _wait_for_parent(self, child_run_id: str, experiment_id: str, parent: Origin) -> None:
+        with self._lock:
+            self._pending_parents[child_run_id] = (experiment_id, parent)
+
+    def _committed(self, experiment_id: str, origin: Origin, run_id: str) -> None:
+        """A run became complete: link the children that were waiting for it."""
+        with self._lock:
+            waiting = [child for child, (_, parent) in self._pending_parents.items() if parent == origin]
+        for child in waiting:
+            try:
+                with errors():
+                    self.tracking.set_tag(child, mp.TAG_PARENT, run_id)
+            except (RunError, TransientError) as exc:
+                log.warning("could not link MLflow run %s to its parent %s: %s", child, run_id, exc)
+                continue
+            with self._lock:
+                self._pending_parents.pop(child, None)
+
+    def close(self) -> None:
+        if not self.tracking.exists():
+            return
+        with self._lock:
+            pending = dict(self._pending_parents)
+            # Parents may have been loaded by another process: search again.
+            self._index.clear()
+        for child, (eid, parent) in pending.items():
+            try:
+                parent_id = self._parent_run(eid, parent)
+                if parent_id is not None:
+                    with errors():
+                        self.tracking.set_tag(child, mp.TAG_PARENT, parent_id)
+                    with self._lock:
+                        self._pending_parents.pop(child, None)
+            except (RunError, TransientError) as exc:
+                log.warning("could not link MLflow run %s to its parent: %s", child, exc)
+
+
+class MlflowRunWriter(RunWriter):
+    def __init__(self, sink: MlflowSink, plan: RunPlan, experiment_id: str):
+        self.sink = sink
+        self.tracking = sink.tracking
+        self.plan = plan
+        self.origin = plan.origin
+        self.report = plan.report
+        self.experiment_id = experiment_id
+        self.project_id = plan.origin.project_id
+        self.source_run = plan.origin.run_id
+        scan = plan.scan
+        self.multiplier = plan.steps.multiplier if plan.steps is not None else 1
+        self._converter = plan.steps or StepConverter(1)
+        paths = set(scan.values) | set(scan.series) | {f[0] for f in scan.files}
+        self.keys = mp.KeyMap(sorted(paths))
+        self.manifest = mp.Manifest(self.origin.uri, self.project_id, self.source_run, self.multiplier)
+        self.tags, self._tag_hits = mp.tag_plan(scan.values)
+        workers = int(plan.options.get("request_workers", sink.options.get("request_workers", 4)) or 1)
+        self._workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="trackport-mlflow")
+        self._futures: set[Future] = set()
+        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-", dir=plan.options.get("tmp_dir")))
+        self._spools: dict[str, Path] = {}
+        self._params: list[Any] = []
+        self._params_bytes = 0
+        self._sent_params: dict[str, str] = {}
+        self._existing_params: dict[str, str] = {}
+        self._uploaded: set[str] = set()
+        self._counted: set[tuple[str, str]] = set()
+        self._point_index: dict[str, mp.PointIndex] = {}
+        self._fixes: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._resumed = False
+        self._resumed_metrics: set[str] = set()
+        self._rename = False
+        self._n_local = 0
+        self._seen: dict[str, Any] = {}
+        self._last_ms: int | None = None
+        self.run_id = ""
+        self.run_name = ""
+        self._closed = False
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _err(self, message: str, file: str | None = None) -> RunError:
+        return RunError(message, project_id=self.project_id, run_id=self.source_run, file=file)
+
+    def _guard(self, fn: Callable, *args) -> Callable[[], None]:
+        def call():
+            with errors(self.project_id, self.source_run):
+                fn(*args)
+        return call
+
+    def _submit(self, fn: Callable, *args) -> None:
+        self._futures.add(self._pool.submit(self._guard(fn, *args)))
+        if len(self._futures) >= 2 * self._workers:
+            done, self._futures = wait(self._futures, return_when=FIRST_COMPLETED)
+            for fut in done:
+                fut.result()
+
+    def _drain(self) -> None:
+        futures, self._futures = self._futures, set()
+        for fut in wait(futures).done:
+            fut.result()
+
+    def _count(self, kind: str, n: int, example: str | None, entry: mp.AttributeEntry | None = None) -> None:
+        if n <= 0:
+            return
+        self.report.transformed(kind, n, example)
+        if entry is not None:
+            entry.count(kind, n)
+
+    def _next(self) -> int:
+        self._n_local += 1
+        return self._n_local
+
+    def _entry(self, path: str, attribute_type: str, kind: str) -> mp.AttributeEntry:
+        entry = self.manifest.attributes.get(path)
+        if entry is not None:
+            return entry
+        info = self.keys.info(path)
+        entry = self.manifest.entry(path, attribute_type, kind, info.key)
+        if info.sanitized:
+            self._count("key_sanitized", 1, path, entry)
+        if info.renamed:
+            self._count("key_collision_renamed", 1, path, entry)
+        return entry
+
+    # -- start -------------------------------------------------------------------
+
+    def start(self, run_id: str | None) -> None:
+        scan = self.plan.scan
+        self.run_name = self._run_name(scan.value("sys/name"))
+        base_tags = {
+            mp.TAG_ORIGIN_URI: self.origin.uri,
+            mp.TAG_ORIGIN_PROJECT: self.project_id,
+            mp.TAG_ORIGIN_RUN: self.source_run,
+            mp.TAG_MULTIPLIER: str(self.multiplier),
+        }
+        for kind, examples in sorted(self._tag_hits.items()):
+            for example in examples:
+                self._count(kind, 1, example)
+        try:
+            if run_id is not None:
+                self._resume(run_id)
+            else:
+                start = _ms(scan.value("sys/creation_time"))
+                if start is None:
+                    start = _ms(scan.first_timestamp)
+                run = self.tracking.create_run(self.experiment_id, start, self.run_name, base_tags,
+                                               self.project_id, self.source_run)
+                self.run_id = run.info.run_id
+                self.sink._remember(self.experiment_id, self.origin,
+                                    _known_run(self.run_id, False, run.info.start_time or 0))
+            tags = [RunTag(k, v) for k, v in self.tags.items()]
+            if self._resumed:
+                tags += [RunTag(k, v) for k, v in base_tags.items()]
+            parent = scan.value("sys/forking/parent")
+            if parent not in (None, ""):
+                parent_origin = Origin(self.origin.uri, self.project_id, str(parent))
+                parent_id = self.sink._parent_run(self.experiment_id, parent_origin)
+                if parent_id is not None:
+                    tags.append(RunTag(mp.TAG_PARENT, parent_id))
+                else:
+                    self.sink._wait_for_parent(self.run_id, self.experiment_id, parent_origin)
+            sizes = [mp.json_size(t.key) + mp.json_size(t.value) + 24 for t in tags]
+            for batch in mp.batches(tags, sizes, mp.MAX_PARAMS_TAGS_PER_BATCH):
+                with errors(self.project_id, self.source_run):
+                    self.tracking.log_batch(self.run_id, tags=batch)
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _resume(self, run_id: str) -> None:
+        try:
+            with errors(self.project_id, self.source_run):
+                run = self.tracking.client.get_run(run_id)
+        except RunError as exc:
+            raise self._err(f"MLflow run {run_id} to resume cannot be read: {exc.reason}") from None
+        tags = run.data.tags
+        if run.info.lifecycle_stage != "active":
+            raise self._err(f"MLflow run {run_id} to resume is deleted; restore or purge it first")
+        if tags.get(mp.TAG_ORIGIN_RUN, self.source_run) != self.source_run:
+            raise self._err(f"MLflow run {run_id} was loaded from another run "
+                            f"({tags.get(mp.TAG_ORIGIN_RUN)!r}); refusing to mix them")
+        old = tags.get(mp.TAG_MULTIPLIER)
+        if old is not None and old != str(self.multiplier):
+            raise self._err(
+                f"MLflow run {run_id} was partly written with step multiplier {old}, this load "
+                f"uses {self.multiplier}: finishing it would duplicate points; set the multiplier "
+                f"back to {old} or delete the MLflow run"
+            )
+        self.run_id = run_id
+        self._resumed = True
+        self._existing_params = dict(run.data.params)
+        if tags.get(mp.TAG_COMPLETE) is not None:
+            # Rewriting a complete run: it is not complete again until this commit.
+            with errors(self.project_id, self.source_run):
+                self.tracking.store.delete_tag(run_id, mp.TAG_COMPLETE)
+        self._rename = run.info.run_name != self.run_name
+        self._resumed_metrics = set(run.data.metrics)
+
+    def _existing_points(self, key: str) -> mp.PointIndex:
+        index = self._point_index.get(key)
+        if index is None:
+            parts = []
+            if key in self._resumed_metrics:
+                with errors(self.project_id, self.source_run):
+                    for page in self.tracking.metric_history(self.run_id, key):
+                        parts.append(mp.point_identity(
+                            np.fromiter((m.step for m in page), np.int64, len(page)),
+                            np.fromiter((m.timestamp for m in page), np.int64, len(page)),
+                            np.fromiter((m.value for m in page), np.float64, len(page)),
+                        ))
+            ids = np.concatenate(parts) if parts else mp.point_identity(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+            index = self._point_index[key] = mp.PointIndex(ids)
+        return index
+
+    # -- write -------------------------------------------------------------------
+
+    def write(self, batch: pa.Table) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if table.num_rows == 0:
+            return
+        types = table.column("attribute_type")
+        metric_mask = pc.fill_null(pc.equal(types, "float_series"), False)
+        param_mask = pc.fill_null(pc.is_in(types, value_set=_PARAM_TYPES), False)
+        series_mask = pc.fill_null(pc.is_in(types, value_set=_SERIES_TYPES), False)
+        file_mask = pc.fill_null(pc.is_in(types, value_set=_FILE_TYPES), False)
+        try:
+            if pc.any(param_mask).as_py():
+                self._write_params(table.filter(param_mask))
+            if pc.any(metric_mask).as_py():
+                self._write_metrics(table.filter(metric_mask))
+            if pc.any(series_mask).as_py():
+                self._write_series(table.filter(series_mask))
+            if pc.any(file_mask).as_py():
+                self._write_files(table.filter(file_mask))
+        except (RunError, TransientError):
+            raise
+        except OSError as exc:
+            raise self._err(f"local I/O failed while writing: {exc}") from exc
+
+    def _dest_steps(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 MLflow steps, validity) for series rows."""
+        if DEST_STEP in table.column_names:
+            col = table.column(DEST_STEP)
+        else:
+            col, floored = self._converter.convert(table.column("step"))
+            if floored:
+                self._count("step_floored", floored, None)
+        valid = np.asarray(pc.is_valid(col))
+        return np.array(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), dtype=np.int64), valid
+
+    def _write_params(self, table: pa.Table) -> None:
+        paths = table.column("attribute_path").to_pylist()
+        types = table.column("attribute_type").to_pylist()
+        columns = {name: table.column(name) for name in
+                   ("int_value", "float_value", "string_value", "bool_value", "datetime_value",
+                    "string_set_value")}
+        cache: dict[str, list] = {}
+
+        def values(name: str) -> list:
+            got = cache.get(name)
+            if got is None:
+                got = cache[name] = columns[name].to_pylist()
+            return got
+
+        for i, (path, attribute_type) in enumerate(zip(paths, types)):
+            value = values(VALUE_COLUMN[attribute_type])[i]
+            if path.startswith("sys/"):
+                self._seen[path] = value
+            entry = self._entry(path, attribute_type, "param")
+            if value is None:
+                entry.null = True
+                text = ""
+            else:
+                text = mp.param_text(attribute_type, value)
+            key = entry.key
+            if len(text) > mp.MAX_PARAM_LENGTH:
+                artifact = mp.long_param_artifact(key)
+                entry.artifact = artifact
+                if (path, "param_to_artifact") not in self._counted:
+                    self._counted.add((path, "param_to_artifact"))
+                    self._count("param_to_artifact", 1, path, entry)
+                local = self._tmp / "params" / f"{self._next()}.txt"
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(text, encoding="utf-8")
+                self._upload(local, artifact, is_dir=False, count=False)
+                text = mp.long_param_pointer(artifact)
+            sent = self._sent_params.get(key)
+            if sent is not None:
+                if sent != text:
+                    raise self._err(f"attribute {path!r} has two different values in one run")
+                continue
+            self._sent_params[key] = text
+            existing = self._existing_params.get(key)
+            if existing is not None:
+                if existing != text:
+                    raise self._err(
+                        f"MLflow run {self.run_id} already has param {key!r} = {existing[:80]!r}, "
+                        f"the source now says {text[:80]!r}; MLflow cannot change a param: delete "
+                        f"the MLflow run to load it again"
+                    )
+                continue
+            size = mp.json_size(key) + mp.json_size(text) + 24
+            if (len(self._params) >= mp.MAX_PARAMS_TAGS_PER_BATCH
+                    or self._params_bytes + size > mp.MAX_BATCH_BYTES):
+                self._flush_params()
+            self._params.append(Param(key, text))
+            self._params_bytes += size
+
+    def _flush_params(self) -> None:
+        if self._params:
+            params, self._params, self._params_bytes = self._params, [], 0
+            self._submit(self.tracking.log_batch, self.run_id, (), params, ())
+
+    def _write_metrics(self, table: pa.Table) -> None:
+        n = table.num_rows
+        values_col = table.column("float_value")
+        if values_col.null_count:
+            keep = pc.is_valid(values_col)
+            dropped = table.filter(pc.invert(keep))
+            for path in sorted(set(dropped.column("attribute_path").to_pylist())):
+                cnt = pc.sum(pc.equal(dropped.column("attribute_path"), path)).as_py()
+                self.report.dropped("metric_null_value", cnt, path)
+            table = table.filter(keep)
+            n = table.num_rows
+            if n == 0:
+                return
+        encoded = pc.dictionary_encode(table.column("attribute_path")).combine_chunks()
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        paths = encoded.dictionary.to_pylist()
+        entries = [self._entry(p, "float_series", "metric") for p in paths]
+        values = np.array(table.column("float_value").to_numpy(zero_copy_only=False), dtype=np.float64)
+        steps, step_valid = self._dest_steps(table)
+        ts_col = pc.cast(table.column("timestamp"), pa.int64())
+        ts_valid = np.asarray(pc.is_valid(ts_col))
+        ts = np.array(pc.fill_null(ts_col, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        bad_ts = ~ts_valid | (ts < 0)
+        ts[bad_ts] = 0
+        infs = np.isinf(values)
+        npaths = len(paths)
+        for kind, mask, flag in (("timestamp_filled", bad_ts, "null_timestamps"),
+                                 ("step_filled", ~step_valid, "null_steps"),
+                                 ("inf_to_float_max", infs, "inf"),
+                                 (None, np.abs(values) == mp.FLOAT_MAX, "float_max")):
+            if mask.any():
+                counts = np.bincount(codes[mask], minlength=npaths)
+                for j in np.nonzero(counts)[0]:
+                    setattr(entries[j], flag, True)
+                    if kind:
+                        self._count(kind, int(counts[j]), paths[j], entries[j])
+        # Values the store cannot give back as sent: where they are, for the manifest.
+        odd = infs | ((values == 0) & np.signbit(values))
+        if odd.any():
+            for j in np.unique(codes[odd]).tolist():
+                rows = odd & (codes == j)
+                self._fixes.setdefault(paths[j], []).append((steps[rows], ts[rows], values[rows]))
+        valid_ts = ts[~bad_ts]
+        if valid_ts.size:
+            last = int(valid_ts.max())
+            self._last_ms = last if self._last_ms is None else max(self._last_ms, last)
+        send = np.ones(n, dtype=bool)
+        if self._resumed:
+            ident = mp.point_identity(steps, ts, values)
+            for j, entry in enumerate(entries):
+                rows = codes == j
+                index = self._existing_points(entry.key)
+                if len(index):
+                    send[rows] = ~index.contains(ident[rows])
+        keys = [e.key for e in entries]
+        key_list = np.array(keys, dtype=object)[codes[send]].tolist()
+        metrics = [Metric(k, v, t, s) for k, v, t, s in zip(
+            key_list, values[send].tolist(), ts[send].tolist(), steps[send].tolist())]
+        per = max(mp.json_size(k) for k in keys) + 90
+        chunk = max(1, min(mp.MAX_METRICS_PER_BATCH, mp.MAX_BATCH_BYTES // per))
+        for i in range(0, len(metrics), chunk):
+            self._submit(self.tracking.log_batch, self.run_id, metrics[i:i + chunk], (), ())
+
+    def _write_series(self, table: pa.Table) -> None:
+        paths = table.column("attribute_path").to_pylist()
+        types = table.column("attribute_type").to_pylist()
+        step_text = mp.step_texts(table.column("step"))
+        ts_col = pc.cast(table.column("timestamp"), pa.int64()).to_pylist()
+        strings = table.column("string_value").to_pylist() if "string_series" in types else None
+        hists = table.column("histogram_value").to_pylist() if "histogram_series" in types else None
+        lines: dict[str, list[str]] = {}
+        for i, (path, attribute_type) in enumerate(zip(paths, types)):
+            value = strings[i] if attribute_type == "string_series" else hists[i]
+            if value is not None and attribute_type == "histogram_series":
+                value = {"type": value.get("type"), "edges": value.get("edges"), "values": value.get("values")}
+            step = step_text[i]
+            ts = ts_col[i]
+            lines.setdefault(path, []).append(
+                '{"step": %s, "timestamp": %s, "value": %s}\n' % (
+                    "null" if step is None else f'"{step}"',
+                    "null" if ts is None else str(ts),
+                    json.dumps(value, ensure_ascii=False),
+                )
+            )
+            if ts is not None and ts >= 0:
+                self._last_ms = ts if self._last_ms is None else max(self._last_ms, ts)
+        types_by_path = dict(zip(paths, types))
+        for path, chunk in lines.items():
+            entry = self._entry(path, types_by_path[path], "series")
+            spool = self._spools.get(path)
+            if spool is None:
+                entry.artifact = mp.series_artifact(entry.key)
+                self._count("series_to_artifact", 1, path, entry)
+                spool = self._spools[path] = self._tmp / "series" / f"{len(self._spools)}.jsonl"
+                spool.parent.mkdir(parents=True, exist_ok=True)
+            with open(spool, "a", encoding="utf-8") as fh:
+                fh.writelines(chunk)
+
+    def _write_files(self, table: pa.Table) -> None:
+        paths = table.column("attribute_path").to_pylist()
+        types = table.column("attribute_type").to_pylist()
+        files = table.column("file_value").to_pylist()
+        steps = mp.step_texts(table.column("step"))
+        ts_col = pc.cast(table.column("timestamp"), pa.int64()).to_pylist()
+        for path, attribute_type, cell, step, ts in zip(paths, types, files, steps, ts_col):
+            source = cell.get("path") if cell else None
+            if not source:
+                self.report.dropped("file_missing_path", 1, path)
+                continue
+            entry = self._entry(path, attribute_type, "file")
+            local = self._local_file(source)
+            if attribute_type == "file_set":
+                if not local.is_dir():
+                    raise self._err(f"file_set {path!r} does not point at a directory", file=source)
+                artifact = entry.key
+            elif local.is_dir():
+                raise self._err(f"{attribute_type} {path!r} points at a directory", file=source)
+            elif attribute_type == "file":
+                artifact, added = mp.file_artifact(entry.key, source)
+                if added and (path, "ext") not in self._counted:
+                    self._counted.add((path, "ext"))
+                    self._count("file_extension_added", 1, path, entry)
+            elif attribute_type == "file_series":
+                artifact = mp.file_series_artifact(entry.key, step, source)
+            else:  # artifact: a files_list.json
+                artifact = mp.file_in_dir_artifact(entry.key, source)
+            entry.files.append([step, ts, source, artifact])
+            self._upload(local, artifact, is_dir=attribute_type == "file_set")
+
+    def _local_file(self, source: str) -> Path:
+        files = self.plan.files
+        try:
+            local = files.local_path(source)
+            if local is None:
+                target = self._tmp / "files" / str(self._next()) / (Path(source).name or "file")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with files.open(source) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                local = target
+        except (FileNotFoundError, ValueError, IsADirectoryError, PermissionError) as exc:
+            raise self._err(f"cannot read file: {exc}", file=source) from None
+        local = Path(local)
+        if not local.exists():
+            raise self._err("file not found", file=source)
+        return local
+
+    def _upload(self, local: Path, artifact: str, is_dir: bool, count: bool = True) -> None:
+        """Upload in the pool; `count` the source's files (not trackport's own artifacts)."""
+        if artifact in self._uploaded:
+            return
+        self._uploaded.add(artifact)
+        if not count:
+            self._submit(self.tracking.upload_file, self.run_id, local, artifact)
+        elif is_dir:
+            count, size = 0, 0
+            for root, _, names in os.walk(local):
+                for name in names:
+                    count += 1
+                    size += os.path.getsize(os.path.join(root, name))
+            self.report.files += count
+            self.report.bytes += size
+            self._submit(self.tracking.upload_dir, self.run_id, local, artifact)
+        else:
+            self.report.files += 1
+            self.report.bytes += local.stat().st_size
+            self._submit(self.tracking.upload_file, self.run_id, local, artifact)
+
+    # -- commit -----------------------------------------------------------------
+
+    def commit(self) -> DestRun:
+        try:
+            self._flush_params()
+            self._drain()
+            for path, spool in self._spools.items():
+                entry = self.manifest.attributes[path]
+                self._upload_internal(spool, entry.artifact)
+            self._drain()
+            self.manifest.tags = sorted(self.tags)
+            for path, chunks in self._fixes.items():
+                entry = self.manifest.attributes[path]
+                # +-inf alone maps back by value; with genuine +-float max values, and for
+                # -0.0, the manifest says where.
+                fix_steps = np.concatenate([c[0] for c in chunks])
+                fix_ts = np.concatenate([c[1] for c in chunks])
+                fix_values = np.concatenate([c[2] for c in chunks])
+                keep = (fix_values == 0) | entry.float_max
+                entry.fixes = [list(f) for f in zip(fix_steps[keep].tolist(), fix_ts[keep].tolist(),
+                                                    mp.fix_texts(fix_values[keep]))]
+            manifest = self._tmp / "attributes.json"
+            manifest.write_text(self.manifest.dumps(), encoding="utf-8")
+            with errors(self.project_id, self.source_run):
+                self.tracking.upload_file(self.run_id, manifest, mp.MANIFEST_PATH)
+            with errors(self.project_id, self.source_run):
+                self.tracking.terminate(self.run_id, self._status(), self._end_time(), self._new_name())
+                self.tracking.set_tag(self.run_id, mp.TAG_COMPLETE, "true")
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup()
+        self.sink._remember(self.experiment_id, self.origin, _known_run(self.run_id, True))
+        self.sink._committed(self.experiment_id, self.origin, self.run_id)
+        return DestRun(self.run_id, True, self.tracking.run_url(self.experiment_id, self.run_id), self.run_id)
+
+    def _upload_internal(self, local: Path, artifact: str) -> None:
+        self._submit(self.tracking.upload_file, self.run_id, local, artifact)
+
+    def _status(self) -> str:
+        failed = self._seen.get("sys/failed", self.plan.scan.value("sys/failed"))
+        return "FAILED" if failed is True else "FINISHED"
+
+    def _end_time(self) -> int | None:
+        end = _ms(self._seen.get("sys/modification_time", self.plan.scan.value("sys/modification_time")))
+        if end is None:
+            end = _ms(self.plan.scan.last_timestamp)
+            if self._last_ms is not None:
+                end = self._last_ms if end is None else max(end, self._last_ms)
+        return end
+
+    def _run_name(self, name: Any, count: bool = True) -> str:
+        text = str(name) if name not in (None, "") else self.source_run
+        if len(text) > mp.MAX_RUN_NAME_LENGTH:
+            if count:
+                self._count("run_name_truncated", 1, "sys/name")
+            text = text[: mp.MAX_RUN_NAME_LENGTH]
+        return text
+
+    def _new_name(self) -> str | None:
+        if "sys/name" in self._seen:
+            name = self._run_name(self._seen["sys/name"], count=False)
+            if name != self.run_name:
+                return name
+        return self.run_name if self._rename else None
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        for fut in self._futures:
+            fut.cancel()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _rank(known: _Known) -> tuple:
+    return (not known.complete, known.start_time, known.run_id)
+
+
+def _known_run(run_id: str, complete: bool, start_time: int = 0) -> _Known:
+    return _Known(run_id, complete, start_time)
+
+
+def _ms(value: Any) -> int | None:
+    try:
+        return mp.ms_from_datetime(value)
+    except TypeError:
+        return None
