@@ -163,3 +163,29 @@ def test_bad_input_names_the_run_and_the_others_still_move(tmp_path, where, requ
     assert runs[corpus[0].run_id]["status"] == "moved"
     failed = [r for r in report["runs"] if r["status"] == "failed"]
     assert len(failed) == 1 and part.name in failed[0]["error"]
+
+
+def test_secrets_never_reach_logs_reports_or_exports(tmp_path, mlflow_server, monkeypatch):
+    """A planted token, in the tracker's env var and in a URI, appears in no artefact of ours."""
+    token = "tp-secret-7f3a9c1e5d"
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)  # the server ignores it; the SDK sends it
+    corpus = build_corpus(big=False)[:2]
+    src = tmp_path / "export"
+    write_exporter_export(src, corpus)
+    host = mlflow_server.split("://", 1)[1]
+    dest = f"mlflow+http://user:{token}@{host}"
+    log = tmp_path / "debug.log"
+    exp = ["--mlflow-experiment", f"{tmp_path.name}-{{project}}"]
+    outputs = []
+    for args in (("copy", str(src), dest), ("verify", str(src), dest), ("export", dest, str(tmp_path / "back")),
+                 ("plan", str(src), dest)):
+        code, report, out = run_cli(*args, *exp, "--log-file", str(log), "--report", str(tmp_path / "r.json"))
+        assert code == 0, out
+        outputs.append(out)
+        outputs.append((tmp_path / "r.json").read_text())
+    artefacts = [log.read_text(errors="replace"), *outputs]
+    for path in list((tmp_path / "back").rglob("*")) + list((tmp_path / ".trackport").rglob("*")):
+        if path.is_file():
+            artefacts.append(path.read_bytes().decode("utf-8", "replace"))
+    assert all(token not in text for text in artefacts)
+    assert "user:" not in outputs[0]

@@ -196,5 +196,12 @@ def test_plan_writes_nothing_and_tells_the_multiplier(tmp_path, exporter_export)
     assert run["status"] == "planned" and run["details"]["step_multiplier"] == 10**6
     assert run["transformations"]["step_scaled"] == run["points"]
     assert any("integers only" in line for line in report["destination_capabilities"])
+    # every transformation the destination will apply is shown, with examples, before any write
+    code, report, _ = run_cli("plan", str(exporter_export), f"mlflow:sqlite:///{db}", "--run", "CORP-(3|4)$")
+    runs = runs_by_id(report)
+    assert runs["CORP-3"]["transformations"]["key_sanitized"] >= 3
+    assert any("config/emoji" in e for e in runs["CORP-3"]["examples"]["key_sanitized"])
+    assert runs["CORP-4"]["transformations"]["param_to_artifact"] >= 1
+    assert report["totals"]["transformations"]["series_to_artifact"] >= 1
     assert not db.exists()
 

@@ -142,8 +142,9 @@ class Sink(ABC):
         """The reference `as_source()` reads a destination run by."""
         return RunRef(origin.project_id, origin.run_id, dest.locator)
 
-    def describe_plan(self, plan: RunPlan) -> str:
-        return ""
+    def describe_plan(self, plan: RunPlan) -> list[str]:
+        """Lines for `plan` about this run; count predicted transformations in plan.report."""
+        return []
 
     def close(self) -> None:
         pass

@@ -163,8 +163,25 @@ class MlflowSink(Sink):
     def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
         return RunRef(origin.project_id, origin.run_id, dest.locator or dest.id)
 
-    def describe_plan(self, plan: RunPlan) -> str:
-        return f"MLflow experiment {self.experiment_name(plan.origin.project_id)!r}"
+    def describe_plan(self, plan: RunPlan) -> list[str]:
+        """Predict, from the scan alone, what writing this run would transform (nothing is written)."""
+        scan, report = plan.scan, plan.report
+        paths = set(scan.values) | set(scan.series) | {f[0] for f in scan.files}
+        for path, info in mp.KeyMap(sorted(paths)).items():
+            if info.sanitized:
+                report.transformed("key_sanitized", 1, f"{path} -> {info.key}")
+            if info.renamed:
+                report.transformed("key_collision_renamed", 1, f"{path} -> {info.key}")
+        for path, (attribute_type, value) in scan.values.items():
+            if value is not None and len(mp.param_text(attribute_type, value)) > mp.MAX_PARAM_LENGTH:
+                report.transformed("param_to_artifact", 1, path)
+        for path, stats in scan.series.items():
+            if stats.attribute_type in ("string_series", "histogram_series"):
+                report.transformed("series_to_artifact", 1, path)
+        lines = [f"MLflow experiment {self.experiment_name(plan.origin.project_id)!r}"]
+        if scan.rows_by_type.get("float_series"):
+            lines.append("+-inf metric values, if any, are stored as +-float max (read back as inf)")
+        return lines
 
     # -- fork parents ----------------------------------------------------------
 
