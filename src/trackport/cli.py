@@ -144,6 +144,18 @@ def _move(command: str, src: str, dst: str, kw: dict) -> None:
     ctx.finish(report)
 
 
+def _open_read_only(command: str, src: str, dst: str | None, kw: dict):
+    """Context, source, sink that must write nothing (plan, verify), and an empty report."""
+    from .core.registry import open_sink, open_source, redact
+    from .core.report import CommandReport
+
+    ctx = Context(command, kw)
+    source = open_source(src, ctx.connector_options)
+    sink = open_sink(dst or default_destination(), {**ctx.connector_options, "read_only": True})
+    report = CommandReport(command, redact(source.uri), redact(sink.uri), allow_drops=kw["allow_drops"])
+    return ctx, source, sink, report
+
+
 def _note_incomplete_sources(source, report) -> None:
     skipped = getattr(source, "skipped_incomplete", None)
     if skipped:
@@ -201,13 +213,8 @@ def load(directory, dst, **kw):
 def plan(src, dst, **kw):
     """Show what copy would do: runs, points, files, bytes, and every transformation or drop. Writes nothing."""
     from .core.pipeline import Pipeline
-    from .core.registry import open_sink, open_source, redact
-    from .core.report import CommandReport
 
-    ctx = Context("plan", kw)
-    source = open_source(src, ctx.connector_options)
-    sink = open_sink(dst or default_destination(), {**ctx.connector_options, "read_only": True})
-    report = CommandReport("plan", redact(source.uri), redact(sink.uri), allow_drops=kw["allow_drops"])
+    ctx, source, sink, report = _open_read_only("plan", src, dst, kw)
     report.extra["destination_capabilities"] = sink.capabilities.describe()
     try:
         Pipeline(source, sink, ctx.pipeline_options(), report, ctx.progress()).run(plan_only=True)
@@ -224,14 +231,9 @@ def plan(src, dst, **kw):
 @handles_errors
 def verify(src, dst, **kw):
     """Compare every run of SRC with its copy in DST; exit 1 on any undeclared difference."""
-    from .core.registry import open_sink, open_source, redact
-    from .core.report import CommandReport
     from .core.verify import verify as run_verify
 
-    ctx = Context("verify", kw)
-    source = open_source(src, ctx.connector_options)
-    sink = open_sink(dst or default_destination(), {**ctx.connector_options, "read_only": True})
-    report = CommandReport("verify", redact(source.uri), redact(sink.uri))
+    ctx, source, sink, report = _open_read_only("verify", src, dst, kw)
     try:
         run_verify(source, sink, ctx.select, report, workers=kw["workers"], progress=ctx.progress())
     finally:

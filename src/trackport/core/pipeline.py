@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import steps as stepmath
-from .connector import FileAccess, RunPlan, RunScan, SeriesStats, Sink, Source
+from .connector import RunPlan, RunScan, SeriesStats, Sink, Source
 from .errors import RunError, TransientError
 from .ledger import Ledger
 from .model import DestRun, RunRef, Selection

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trackport.core.capabilities import Capabilities
 from trackport.core.schema import STEP_SCALE, STEP_TYPE
 
 MAX_KEY_LENGTH = 250
@@ -96,6 +97,17 @@ TRANSFORMATIONS: dict[str, str] = {
 
 # What distinguishes a renamed key: MLflow keys cannot hold '~', so '--' + 8 hex.
 SUFFIX = "--"
+# What MLflow holds, for the planner, the reports and the conformance suite.
+CAPABILITIES = Capabilities(
+    integer_steps=True,
+    keeps_timestamps=True,
+    max_key_length=MAX_KEY_LENGTH,
+    key_rule=KEY_RULE,
+    max_param_length=MAX_PARAM_LENGTH,
+    replayable=False,
+    transformations=dict(TRANSFORMATIONS),
+)
+
 _BAD_KEY_CHAR = re.compile(r"[^\w./\- :]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _DENOM = 10**STEP_SCALE

@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trackport.core.capabilities import Capabilities
 from trackport.core.connector import RunPlan, RunWriter, Sink
 from trackport.core.errors import RunError, TransientError
 from trackport.core.model import DestRun, Origin, RunRef
@@ -28,19 +27,6 @@ from .client import Metric, Param, RunTag, Tracking, errors
 
 log = logging.getLogger(__name__)
 
-SINK_CAPABILITIES = Capabilities(
-    integer_steps=True,
-    keeps_timestamps=True,
-    max_key_length=mp.MAX_KEY_LENGTH,
-    key_rule=mp.KEY_RULE,
-    max_param_length=mp.MAX_PARAM_LENGTH,
-    files=True,
-    histograms=True,
-    forks=True,
-    resumable=True,
-    replayable=False,
-    transformations=dict(mp.TRANSFORMATIONS),
-)
 
 _PARAM_TYPES = pa.array(sorted(PARAM_TYPES), pa.string())
 _SERIES_TYPES = pa.array(sorted(SERIES_TYPES), pa.string())
@@ -57,7 +43,7 @@ class _Known:
 
 
 class MlflowSink(Sink):
-    capabilities = SINK_CAPABILITIES
+    capabilities = mp.CAPABILITIES
 
     def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any]):
         self.tracking = tracking

@@ -28,7 +28,6 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import pyarrow as pa
 
-from trackport.core.capabilities import Capabilities
 from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
@@ -39,14 +38,6 @@ from .client import Tracking, errors, is_missing
 
 log = logging.getLogger(__name__)
 
-SOURCE_CAPABILITIES = Capabilities(
-    integer_steps=True,
-    keeps_timestamps=True,
-    max_key_length=mp.MAX_KEY_LENGTH,
-    key_rule=mp.KEY_RULE,
-    max_param_length=mp.MAX_PARAM_LENGTH,
-    replayable=False,
-)
 
 _ROWS_PER_TABLE = 50_000
 _MAX_FOREIGN_STEP = (10**18 - 1) // 10**STEP_SCALE
@@ -71,7 +62,7 @@ def _mlflow_id(ref: RunRef) -> str | None:
 
 
 class MlflowSource(Source):
-    capabilities = SOURCE_CAPABILITIES
+    capabilities = mp.CAPABILITIES
 
     def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any] | None = None):
         self.tracking = tracking
