@@ -736,6 +736,10 @@ def test_foreign_run_through_server_and_back(server_sink, mlflow_server, tmp_pat
     assert copied.data.params["lr"] == "0.01"
     assert len(dest_sink.tracking.client.get_metric_history(dest.id, "acc")) == 30
     assert normal(read_back(dest_sink, dest, plan.origin)) == normal(table)
+    # The copy claims the foreign run's identity as its origin, but the foreign run
+    # itself lives on this server too: every listed identity must stay unique.
+    refs = list(dest_sink.as_source().list_runs(Selection()))
+    assert len({(r.project_id, r.run_id) for r in refs}) == len(refs)
 
 
 def test_file_store_source(tmp_path, monkeypatch):

@@ -177,7 +177,8 @@ def test_secrets_never_reach_logs_reports_or_exports(tmp_path, mlflow_server, mo
     log = tmp_path / "debug.log"
     exp = ["--mlflow-experiment", f"{tmp_path.name}-{{project}}"]
     outputs = []
-    for args in (("copy", str(src), dest), ("verify", str(src), dest), ("export", dest, str(tmp_path / "back")),
+    back = ("export", dest, str(tmp_path / "back"), "--project", exp[1].format(project=CORPUS_PROJECT))
+    for args in (("copy", str(src), dest), ("verify", str(src), dest), back,
                  ("plan", str(src), dest)):
         code, report, out = run_cli(*args, *exp, "--log-file", str(log), "--report", str(tmp_path / "r.json"))
         assert code == 0, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -205,3 +206,15 @@ def test_plan_writes_nothing_and_tells_the_multiplier(tmp_path, exporter_export)
     assert report["totals"]["transformations"]["series_to_artifact"] >= 1
     assert not db.exists()
 
+
+
+def test_two_source_runs_with_one_identity_are_reported_not_raced(tmp_path):
+    root = tmp_path / "dup"
+    part = _one_run_export(root, "SAME", [_name("SAME")])
+    shutil.copyfile(part, part.with_name("copied-by-hand_part_0.parquet"))
+    code, report, _ = run_cli("export", str(root), str(tmp_path / "out"), "--workers", "4")
+    assert code == 1
+    statuses = sorted(r["status"] for r in report["runs"])
+    assert statuses == ["failed", "moved"]
+    failed = next(r for r in report["runs"] if r["status"] == "failed")
+    assert "same project and run id" in failed["error"]

@@ -255,7 +255,20 @@ class Pipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
 
     def list_runs(self) -> list[RunRef]:
-        return list(self.source.list_runs(self.opts.select))
+        """The source's runs; a second run claiming an identity already listed is reported, not raced."""
+        runs, seen = [], {}
+        for ref in self.source.list_runs(self.opts.select):
+            key = (ref.project_id, ref.run_id)
+            if key in seen:
+                dup = self.report.add(RunReport(ref.project_id, ref.run_id, status=FAILED))
+                dup.error = (f"run {self.source.describe_run(ref)}: another source run "
+                             f"({self.source.describe_run(seen[key])}) has the same project and run id; "
+                             f"only that one is moved")
+                log.error("%s", dup.error)
+                continue
+            seen[key] = ref
+            runs.append(ref)
+        return runs
 
     def run(self, plan_only: bool = False) -> CommandReport:
         try:

@@ -86,21 +86,28 @@ class MlflowSource(Source):
         if not self.tracking.exists():
             return
         experiments = sorted(self.tracking.experiments(), key=lambda e: (e.name, e.experiment_id))
-        seen: set[tuple[str, str]] = set()
+        listed = []
         for exp in experiments:
             if select.projects and exp.name not in select.projects:
                 continue
             runs = sorted(self.tracking.search_runs([exp.experiment_id]),
                           key=lambda r: (r.info.start_time or 0, r.info.run_id))
-            for run in runs:
-                project, run_id = self._ids(run, exp.name)
-                if (project, run_id) in seen:
-                    # Two MLflow runs claim one origin: the later one keeps its own ids.
-                    project, run_id = exp.name, run.info.run_id
-                seen.add((project, run_id))
-                if not (select.wants_run(project, run_id) or select.wants_run(exp.name, run_id)):
-                    continue
-                yield RunRef(project, run_id, Locator(run.info.run_id, exp.experiment_id, exp.name))
+            listed.extend((exp, run) for run in runs)
+        # A run's own ids (experiment name, MLflow id) are taken first; a run trackport
+        # wrote claims its origin's ids only when no other run holds them already
+        # (e.g. a copy of a foreign run loaded back into the same server keeps its own ids).
+        taken = {(exp.name, run.info.run_id) for exp, run in listed}
+        for exp, run in listed:
+            project, run_id = self._ids(run, exp.name)
+            own = (exp.name, run.info.run_id)
+            if (project, run_id) != own:
+                if (project, run_id) in taken:
+                    project, run_id = own
+                else:
+                    taken.add((project, run_id))
+            if not (select.wants_run(project, run_id) or select.wants_run(exp.name, run_id)):
+                continue
+            yield RunRef(project, run_id, Locator(run.info.run_id, exp.experiment_id, exp.name))
 
     def _resolve(self, ref: RunRef) -> str:
         mlflow_id = _mlflow_id(ref)
