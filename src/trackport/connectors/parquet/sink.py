@@ -25,7 +25,7 @@ from ...core.connector import RunPlan, RunWriter, Sink
 from ...core.errors import RunError
 from ...core.model import DestRun, Origin, RunRef
 from ...core.schema import COLUMNS, SCHEMA
-from .source import ParquetSource
+from .source import ParquetSource, RunFiles
 
 DEFAULT_PART_BYTES = 50 * 1024 * 1024
 
@@ -74,11 +74,13 @@ class ParquetSink(Sink):
         return ParquetSource(self.root, self.options)
 
     def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
-        source = self.as_source()
-        for run in source._runs_on_disk():
-            if run.manifest and run.manifest["project_id"] == origin.project_id and run.manifest["run_id"] == origin.run_id:
-                return RunRef(origin.project_id, origin.run_id, run)
-        raise RunError("not found in the export", project_id=origin.project_id, run_id=origin.run_id)
+        manifest_path = layout.run_manifest_path(self.root, origin.project_id, origin.run_id)
+        if not manifest_path.exists():
+            raise RunError("not found in the export", project_id=origin.project_id, run_id=origin.run_id)
+        manifest = layout.read_json(manifest_path)
+        parts = [manifest_path.parent / name for name in manifest["parts"]]
+        stem = manifest_path.name[: -len(layout.RUN_MANIFEST_SUFFIX)]
+        return RunRef(origin.project_id, origin.run_id, RunFiles(manifest_path.parent, stem, parts, manifest, True))
 
 
 class ParquetRunWriter(RunWriter):
