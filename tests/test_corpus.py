@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import re
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -16,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from trackport.core.layout import safe
-from trackport.core.schema import SCHEMA
+from trackport.core.layout import PART_RE, safe
+from trackport.core.schema import SCHEMA, VALUE_COLUMN
 from trackport.testing import (
     CASES,
     CORPUS_PROJECT,
@@ -31,7 +30,6 @@ from trackport.testing import (
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "sample-export"
-PART = re.compile(r"^(?P<stem>.+)_part_(?P<n>\d+)\.parquet$")
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +51,7 @@ def _value(run: CorpusRun, path: str):
     rows = _rows(run, path)
     assert len(rows) == 1, path
     row = rows[0]
-    col = {"float": "float_value", "int": "int_value", "string": "string_value", "bool": "bool_value",
-           "datetime": "datetime_value", "string_set": "string_set_value"}[row["attribute_type"]]
-    return row[col]
+    return row[VALUE_COLUMN[row["attribute_type"]]]
 
 
 def read_layout(root: Path) -> dict[tuple[str, str], pa.Table]:
@@ -64,7 +60,7 @@ def read_layout(root: Path) -> dict[tuple[str, str], pa.Table]:
     for project_dir in sorted(p for p in (root / "data").iterdir() if p.is_dir()):
         groups: dict[str, list[tuple[int, Path]]] = defaultdict(list)
         for f in project_dir.iterdir():
-            m = PART.match(f.name)
+            m = PART_RE.match(f.name)
             if m:
                 groups[m["stem"]].append((int(m["n"]), f))
         for stem, parts in groups.items():
@@ -286,7 +282,7 @@ def test_written_parts_read_back(tmp_path, request, part_rows, big):
     write_exporter_export(tmp_path, corpus, part_rows=part_rows)
     project = tmp_path / "data" / safe(CORPUS_PROJECT)
     for run in corpus:
-        parts = sorted(project.glob(f"{safe(run.run_id)}_part_*.parquet"), key=lambda p: int(PART.match(p.name)["n"]))
+        parts = sorted(project.glob(f"{safe(run.run_id)}_part_*.parquet"), key=lambda p: int(PART_RE.match(p.name)["n"]))
         expected_parts = 1 if part_rows is None else math.ceil(run.num_rows / part_rows)
         assert len(parts) == expected_parts, run.case
         tables = []

@@ -212,7 +212,10 @@ class Backoff:
         self._pause_until = 0.0
         self._lock = threading.Lock()
 
-    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def call(self, what: str, fn: Callable[[], Any], ref: RunRef | None = None) -> Any:
+        """`fn()`, retried on TransientError; RunError (naming `ref`) once attempts or time run out."""
+        ids = {"project_id": ref.project_id, "run_id": ref.run_id} if ref is not None else {}
+        where = f"run {ref.project_id}/{ref.run_id}: {what}" if ref is not None else what
         started = time.monotonic()
         attempt = 0
         while True:
@@ -223,12 +226,12 @@ class Backoff:
                 attempt += 1
                 elapsed = time.monotonic() - started
                 if attempt >= self.max_attempts or elapsed >= self.budget_s:
-                    raise RunError(f"{what}: gave up after {attempt} attempts in {elapsed:.0f}s: {exc}") from None
+                    raise RunError(f"{what}: gave up after {attempt} attempts in {elapsed:.0f}s: {exc}", **ids) from None
                 delay = exc.retry_after if exc.retry_after is not None else min(60.0, 0.5 * 2 ** attempt)
                 delay *= random.uniform(0.8, 1.2)
                 with self._lock:
                     self._pause_until = max(self._pause_until, time.monotonic() + delay)
-                log.warning("%s: %s; retrying in %.1fs (attempt %d)", what, exc, delay, attempt + 1)
+                log.warning("%s: %s; retrying in %.1fs (attempt %d)", where, exc, delay, attempt + 1)
 
     def _wait_shared(self) -> None:
         while True:
@@ -332,20 +335,15 @@ class Pipeline:
         name = self.source.describe_run(ref)
         self.progress.run_started(name)
         attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            self._move_once(ref, origin, run_report, name)
+
         try:
             origin = self.source.origin(ref)
-            while True:
-                attempts += 1
-                try:
-                    self._move_once(ref, origin, run_report, name)
-                    break
-                except TransientError as exc:
-                    if attempts >= self.opts.max_attempts:
-                        raise RunError(f"gave up after {attempts} attempts: {exc}",
-                                       project_id=ref.project_id, run_id=ref.run_id) from None
-                    delay = exc.retry_after or min(60.0, 0.5 * 2 ** attempts)
-                    log.warning("%s: %s; retrying the run in %.1fs", name, exc, delay)
-                    time.sleep(delay * random.uniform(0.8, 1.2))
+            self.backoff.call("moving it", attempt, ref)  # a transient error retries the whole run, resumed
         except RunError as exc:
             run_report.status = FAILED
             run_report.error = str(exc) if exc.run_id else f"run {name}: {exc}"

@@ -128,15 +128,15 @@ def _stepped(out: RunSummary, table: pa.Table) -> None:
 
 
 def _groups(table: pa.Table):
-    keys = table.select(["attribute_path", "attribute_type"])
-    uniq = keys.group_by(["attribute_path", "attribute_type"]).aggregate([])
-    if uniq.num_rows == 1:
-        yield (uniq.column(0)[0].as_py(), uniq.column(1)[0].as_py()), table
-        return
-    paths = table.column("attribute_path")
-    for path, typ in zip(uniq.column(0).to_pylist(), uniq.column(1).to_pylist()):
-        mask = pc.and_(pc.equal(paths, path), pc.equal(table.column("attribute_type"), typ))
-        yield (path, typ), table.filter(mask)
+    """(path, type) and its rows: one sort and one run-length pass, however many attributes."""
+    table = table.sort_by([("attribute_path", "ascending"), ("attribute_type", "ascending")])
+    key = pc.binary_join_element_wise(table.column("attribute_path"), table.column("attribute_type"), "\x00")
+    runs = pc.run_end_encode(key.combine_chunks())
+    start = 0
+    for end, joined in zip(runs.run_ends.to_pylist(), runs.values.to_pylist()):
+        path, typ = joined.rsplit("\x00", 1)
+        yield (path, typ), table.slice(start, end - start)
+        start = end
 
 
 def file_digest(files: FileAccess, path: str) -> tuple[int, str]:
