@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from .core.registry import connector_options
+
 DEFAULT_DESTINATION_HELP = "mlflow:sqlite:///<cwd>/mlflow.db"
 
 
@@ -38,12 +40,21 @@ def shared_options(fn):
         click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Write a debug log here."),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".trackport"),
                      show_default=True, help="Where the local ledger lives."),
-        click.option("--mlflow-experiment", help="MLflow experiment name template (default '{project}')."),
-        click.option("--part-size", type=click.IntRange(1), help="Parquet part size in bytes (default 50 MB)."),
     ]
+    options.extend(_connector_option(spec) for spec in connector_options())
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _connector_option(spec):
+    kinds = {"int": click.IntRange(1), "float": click.FloatRange(0), "str": None}
+    if spec.kind == "flag":
+        return click.option(spec.flag, spec.name, is_flag=True, default=None, envvar=list(spec.envvar) or None,
+                            help=spec.help)
+    kind = click.Choice(spec.choices) if spec.choices else kinds[spec.kind]
+    return click.option(spec.flag, spec.name, type=kind, envvar=list(spec.envvar) or None,
+                        show_envvar=bool(spec.envvar), help=spec.help)
 
 
 def _fail_usage(message: str) -> None:
@@ -91,9 +102,8 @@ class Context:
         self.select = Selection(tuple(kw.get("projects") or ()), run_re, attr_re, classes)
         self.connector_options = {
             "workers": kw["workers"],
-            "mlflow_experiment": kw.get("mlflow_experiment"),
-            "part_size": kw.get("part_size"),
             "allow_drops": kw["allow_drops"],
+            **{spec.name: kw.get(spec.name) for spec in connector_options()},
         }
 
     def progress(self):

@@ -17,23 +17,69 @@ from .errors import MissingExtraError, UsageError
 
 
 @dataclass(frozen=True)
+class ConnectorOption:
+    """A command-line option that belongs to one connector.
+
+    The CLI adds it to every moving command; its value reaches the connector
+    as `options[name]` (the flag without dashes, `-` -> `_`).  `envvar`
+    lets a tracker's existing settings carry over.
+    """
+
+    flag: str
+    help: str
+    kind: str = "str"                 # "str", "int", "float" or "flag"
+    choices: tuple[str, ...] = ()
+    envvar: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
 class ConnectorSpec:
     scheme: str
     module: str
     extra: str | None          # pip extra that installs its SDK
     requires: tuple[str, ...]  # importable names the extra provides
     summary: str
+    options: tuple[ConnectorOption, ...] = ()
+    aliases: tuple[str, ...] = ()   # more schemes served by the same module
 
+
+_SPECS = (
+    ConnectorSpec("parquet", "trackport.connectors.parquet", None, (),
+                  "parquet:DIR (or a bare directory): a canonical / neptune-exporter export",
+                  options=(ConnectorOption("--part-size", "Parquet part size in bytes (default 50 MB).", "int"),)),
+    ConnectorSpec("mlflow", "trackport.connectors.mlflow", "mlflow", ("mlflow",),
+                  "mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT",
+                  options=(ConnectorOption("--mlflow-experiment",
+                                           "MLflow experiment name template (default '{project}')."),)),
+    ConnectorSpec("wandb", "trackport.connectors.wandb", "wandb", ("wandb",),
+                  "wandb://ENTITY[/PROJECT] (W&B API, WANDB_BASE_URL), wandb:PATH (offline run files)",
+                  options=(ConnectorOption("--wandb-mode", "W&B destination mode: online (default) or offline "
+                                           "(run files for `wandb sync`).", choices=("online", "offline")),)),
+    ConnectorSpec("neptune", "trackport.connectors.neptune", "neptune", ("neptune",),
+                  "neptune:PATH (offline .neptune data), neptune2://WORKSPACE/PROJECT, neptune3://WORKSPACE/PROJECT",
+                  aliases=("neptune2", "neptune3")),
+    ConnectorSpec("pluto", "trackport.connectors.pluto", "pluto", ("pluto",),
+                  "pluto://PROJECT (or pluto:// for the source project); PLUTO_API_KEY"),
+    ConnectorSpec("tensorboard", "trackport.connectors.tensorboard", "tensorboard", ("tensorboard",),
+                  "tensorboard:LOGDIR (event files)"),
+)
 
 CONNECTORS: dict[str, ConnectorSpec] = {
-    spec.scheme: spec
-    for spec in (
-        ConnectorSpec("parquet", "trackport.connectors.parquet", None, (),
-                      "parquet:DIR (or a bare directory): a canonical / neptune-exporter export"),
-        ConnectorSpec("mlflow", "trackport.connectors.mlflow", "mlflow", ("mlflow",),
-                      "mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT"),
-    )
+    scheme: spec for spec in _SPECS for scheme in (spec.scheme, *spec.aliases)
 }
+
+
+def connector_options() -> list[ConnectorOption]:
+    """Every connector's own options, each once, in registry order."""
+    seen: dict[str, ConnectorOption] = {}
+    for spec in _SPECS:
+        for option in spec.options:
+            seen.setdefault(option.name, option)
+    return list(seen.values())
 
 
 @dataclass(frozen=True)
