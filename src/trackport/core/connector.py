@@ -83,6 +83,9 @@ class RunPlan:
     report: RunReport
     steps: StepConverter | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # The source's `run_version`: a sink that records it with its completion mark
+    # (and returns it in `DestRun.version`) gets the run again when it changes.
+    source_version: str | None = None
 
 
 class Source(ABC):
@@ -105,6 +108,17 @@ class Source(ABC):
 
     def describe_run(self, run: RunRef) -> str:
         return f"{run.project_id}/{run.run_id}"
+
+    def run_version(self, run: RunRef) -> str | None:
+        """A short token that changes when the run's data grows (a training still
+        writing).  A destination holding the run under another token gets it
+        again, resumed, so only what is new is added.  None: runs never change."""
+        return None
+
+    def account(self, run: RunRef, report: RunReport) -> None:
+        """Add to the run's report what the last `read_run` of `run` transformed,
+        left out or could not read (`transformed`, `dropped`, `warn`).  Called once
+        per move, after the run was read in full."""
 
     def close(self) -> None:
         pass

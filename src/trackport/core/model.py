@@ -38,6 +38,7 @@ class DestRun:
     complete: bool
     url: str | None = None
     locator: Any = None
+    version: str | None = None   # the source's `run_version` recorded with the completion mark
 
 
 @dataclass

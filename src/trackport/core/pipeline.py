@@ -300,16 +300,18 @@ class Pipeline:
         data = None
         try:
             origin = self.source.origin(ref)
+            version = self.source.run_version(ref)
             existing = self.backoff.call(f"{name}: find", lambda: self.sink.find_run(origin)) if self.sink else None
-            if existing is not None and existing.complete:
+            if _up_to_date(existing, version, run_report):
                 run_report.status = SKIPPED
                 run_report.dest_id = existing.id
                 return run_report
             data = RunData(self.source, ref, self.opts.select, self.work_dir)
             scan = scan_run(data.tables())
             self._count(run_report, scan, data)
+            self.source.account(ref, run_report)
             plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
-                           options=self.opts.connector_options)
+                           options=self.opts.connector_options, source_version=version)
             if self.sink is not None:
                 plan.steps = self._steps(scan, data, ref, run_report)
                 run_report.details["action"] = "repair" if existing else "create"
@@ -360,8 +362,10 @@ class Pipeline:
 
     def _move_once(self, ref: RunRef, origin, run_report: RunReport, name: str) -> None:
         sink = self.sink
+        run_report.restart()
+        version = self.source.run_version(ref)
         existing: DestRun | None = self.backoff.call(f"{name}: find", lambda: sink.find_run(origin))
-        if existing is not None and existing.complete:
+        if _up_to_date(existing, version, run_report):
             run_report.status = SKIPPED
             run_report.dest_id = existing.id
             return
@@ -370,8 +374,9 @@ class Pipeline:
         try:
             scan = scan_run(data.tables())
             self._count(run_report, scan, data)
+            self.source.account(ref, run_report)
             plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
-                           options=self.opts.connector_options)
+                           options=self.opts.connector_options, source_version=version)
             plan.steps = self._steps(scan, data, ref, run_report)
             self._declared_drops(plan)
             bad_files = self._check_files(plan, dry=False)
@@ -463,3 +468,12 @@ class Pipeline:
             table = table.append_column(pa.field(DEST_STEP, pa.int64()), dest)
         return table
 
+
+def _up_to_date(existing: DestRun | None, version: str | None, run_report: RunReport) -> bool:
+    """The destination holds the run complete, and (when both sides know versions) as the source has it now."""
+    if existing is None or not existing.complete:
+        return False
+    if version is not None and existing.version is not None and existing.version != version:
+        run_report.details["source_changed"] = True   # a growing run: resume it, add what is new
+        return False
+    return True

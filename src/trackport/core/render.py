@@ -26,7 +26,7 @@ def render_report(report: CommandReport) -> None:
             console.print(f"  destination {line}")
     show_all = report.command in ("plan", "verify") or len(report.runs) <= _MAX_ROWS
     runs = sorted(report.runs, key=lambda r: (r.status not in _PROBLEMS, r.project_id, r.run_id))
-    shown = [r for r in runs if show_all or r.status in _PROBLEMS][:_MAX_ROWS]
+    shown = [r for r in runs if show_all or r.status in _PROBLEMS or r.warnings][:_MAX_ROWS]
     if shown:
         table = Table(show_lines=False)
         for col in ("project", "run", "status", "points", "params", "files", "notes"):
@@ -39,6 +39,7 @@ def render_report(report: CommandReport) -> None:
                 notes.append("transformed: " + ", ".join(f"{k} {v}" for k, v in sorted(r.transformations.items())))
             if r.drops:
                 notes.append("DROPPED: " + ", ".join(f"{k} {v}" for k, v in sorted(r.drops.items())))
+            notes.extend(f"warning: {w}" for w in r.warnings)
             for key in ("step_multiplier", "action"):
                 if key in r.details:
                     notes.append(f"{key} {r.details[key]}")

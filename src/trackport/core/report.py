@@ -40,6 +40,7 @@ class RunReport:
     transformations: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # read-side problems that lost nothing movable
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -53,6 +54,22 @@ class RunReport:
         with self._lock:
             self.drops[kind] += count
             self._example(kind, example)
+
+    def restart(self) -> None:
+        """Forget the counts of an attempt that a transient error cut short: the retry counts again."""
+        with self._lock:
+            self.rows = self.points = self.params = self.files = self.bytes = 0
+            self.transformations.clear()
+            self.drops.clear()
+            self.examples.clear()
+            self.warnings.clear()
+            self.details.clear()
+
+    def warn(self, message: str) -> None:
+        """Something the user must see that lost no movable data (a torn file read up to the tear)."""
+        with self._lock:
+            if message not in self.warnings:
+                self.warnings.append(message)
 
     def _example(self, kind: str, example: str | None) -> None:
         if example is None:
@@ -75,6 +92,7 @@ class RunReport:
             "transformations": dict(self.transformations),
             "drops": dict(self.drops),
             "examples": self.examples,
+            "warnings": self.warnings,
             "error": self.error,
         }
         if self.details:
@@ -139,6 +157,7 @@ class CommandReport:
                 "bytes": sum(r.bytes for r in self.runs),
                 "transformations": dict(self.transformations),
                 "drops": dict(self.drops),
+                "warnings": sum(len(r.warnings) for r in self.runs),
             },
             "notes": self.notes,
             **self.extra,

@@ -53,6 +53,7 @@ TAG_ORIGIN_PROJECT = "trackport.origin.project"
 TAG_ORIGIN_RUN = "trackport.origin.run_id"
 TAG_MULTIPLIER = "trackport.step_multiplier"
 TAG_COMPLETE = "trackport.complete"
+TAG_SOURCE_VERSION = "trackport.source_version"   # the source's run_version when completed
 TAG_FORK_PARENT = "trackport.fork.parent_run_id"
 TAG_FORK_STEP = "trackport.fork.step"
 TRACKPORT_TAG_PREFIX = "trackport."

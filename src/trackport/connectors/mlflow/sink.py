@@ -34,12 +34,13 @@ _FILE_TYPES = pa.array(sorted(FILE_TYPES), pa.string())
 
 
 class _Known:
-    __slots__ = ("run_id", "complete", "start_time")
+    __slots__ = ("run_id", "complete", "start_time", "version")
 
-    def __init__(self, run_id: str, complete: bool, start_time: int = 0):
+    def __init__(self, run_id: str, complete: bool, start_time: int = 0, version: str | None = None):
         self.run_id = run_id
         self.complete = complete
         self.start_time = start_time
+        self.version = version
 
 
 class MlflowSink(Sink):
@@ -94,7 +95,8 @@ class MlflowSink(Sink):
             if tags.get(mp.TAG_ORIGIN_URI) != origin_uri:
                 continue
             key = (tags.get(mp.TAG_ORIGIN_PROJECT, ""), tags.get(mp.TAG_ORIGIN_RUN, ""))
-            known = _Known(run.info.run_id, tags.get(mp.TAG_COMPLETE) == "true", run.info.start_time or 0)
+            known = _Known(run.info.run_id, tags.get(mp.TAG_COMPLETE) == "true", run.info.start_time or 0,
+                           tags.get(mp.TAG_SOURCE_VERSION))
             prev = found.get(key)
             # Should there ever be two, prefer the complete one, then the oldest (deterministic).
             if prev is None or _rank(known) < _rank(prev):
@@ -119,7 +121,8 @@ class MlflowSink(Sink):
         eid, known = self._lookup(origin, create_experiment=False)
         if known is None:
             return None
-        return DestRun(known.run_id, known.complete, self.tracking.run_url(eid, known.run_id), known.run_id)
+        return DestRun(known.run_id, known.complete, self.tracking.run_url(eid, known.run_id), known.run_id,
+                       known.version)
 
     # -- writing ---------------------------------------------------------------
 
@@ -324,7 +327,7 @@ class MlflowRunWriter(RunWriter):
                                                self.project_id, self.source_run)
                 self.run_id = run.info.run_id
                 self.sink._remember(self.experiment_id, self.origin,
-                                    _known_run(self.run_id, False, run.info.start_time or 0))
+                                    _Known(self.run_id, False, run.info.start_time or 0))
             tags = [RunTag(k, v) for k, v in self.tags.items()]
             if self._resumed:
                 tags += [RunTag(k, v) for k, v in base_tags.items()]
@@ -683,12 +686,15 @@ class MlflowRunWriter(RunWriter):
                 self.tracking.upload_file(self.run_id, manifest, mp.MANIFEST_PATH)
             with errors(self.project_id, self.source_run):
                 self.tracking.terminate(self.run_id, self._status(), self._end_time(), self._new_name())
+                if self.plan.source_version is not None:
+                    self.tracking.set_tag(self.run_id, mp.TAG_SOURCE_VERSION, self.plan.source_version)
                 self.tracking.set_tag(self.run_id, mp.TAG_COMPLETE, "true")
         except BaseException:
             self.abort()
             raise
         self._cleanup()
-        self.sink._remember(self.experiment_id, self.origin, _known_run(self.run_id, True))
+        self.sink._remember(self.experiment_id, self.origin,
+                            _Known(self.run_id, True, version=self.plan.source_version))
         self.sink._committed(self.experiment_id, self.origin, self.run_id)
         return DestRun(self.run_id, True, self.tracking.run_url(self.experiment_id, self.run_id), self.run_id)
 
@@ -741,8 +747,6 @@ def _rank(known: _Known) -> tuple:
     return (not known.complete, known.start_time, known.run_id)
 
 
-def _known_run(run_id: str, complete: bool, start_time: int = 0) -> _Known:
-    return _Known(run_id, complete, start_time)
 
 
 def _ms(value: Any) -> int | None:

@@ -59,7 +59,8 @@ class ParquetSink(Sink):
     def find_run(self, origin: Origin) -> DestRun | None:
         manifest_path = layout.run_manifest_path(self.root, origin.project_id, origin.run_id)
         if manifest_path.exists():
-            return DestRun(f"{origin.project_id}/{origin.run_id}", True, locator=manifest_path)
+            version = layout.read_json(manifest_path).get("source_version")
+            return DestRun(f"{origin.project_id}/{origin.run_id}", True, locator=manifest_path, version=version)
         project_dir = layout.project_data_dir(self.root, origin.project_id)
         stem = layout.safe(origin.run_id)
         if project_dir.is_dir() and any(project_dir.glob(f"{stem}_part_*")):
@@ -196,6 +197,7 @@ class ParquetRunWriter(RunWriter):
             "file_bytes": self.file_bytes,
             "checksum": "blake2b-128:" + digest.hexdigest(),
             "source_modification_time": _text(scan.value("sys/modification_time")),
+            "source_version": self.plan.source_version,
             "written_at": datetime.now(timezone.utc).isoformat(),
         }
         path = layout.run_manifest_path(self.sink.root, self.project_id, self.run_id)
