@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlflow_server import mlflow_server, mlflow_sqlite_uri  # noqa: F401  (real MLflow fixtures)
+from pluto_server import pluto_server, pluto_server_session  # noqa: F401  (local Pluto server)
 
 
 @pytest.fixture(autouse=True)
