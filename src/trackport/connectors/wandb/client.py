@@ -1,0 +1,117 @@
+"""The only module of the offline source and the sink that imports `wandb` (always lazily).
+
+pluto-ml trap (DESIGN.md section 7): pluto-ml installs `zzzz_pluto_wandb_hook.pth`,
+which puts `pluto._wandb_hook._PlutoWandbFinder` on `sys.meta_path`; when `wandb` is
+imported with Pluto credentials around (PLUTO_API_KEY, `pluto login`), it replaces
+`wandb.init/log/finish` by versions that also log to Pluto
+(pluto/compat/wandb.py `apply_wandb_patches`).  `import_wandb()` removes that finder
+before wandb is imported, restores the originals if wandb was patched already, and
+refuses to go on if it cannot; the sink also calls `wandb.sdk.wandb_init.init`
+itself rather than the module attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from trackport.core.errors import MissingExtraError, UsageError
+
+log = logging.getLogger(__name__)
+
+_PLUTO_FINDER = "_PlutoWandbFinder"
+
+
+def _is_pluto_finder(finder: Any) -> bool:
+    kind = type(finder)
+    return kind.__name__ == _PLUTO_FINDER and kind.__module__.startswith("pluto")
+
+
+def remove_pluto_hook() -> int:
+    """Take pluto's wandb import hook off sys.meta_path; how many were removed."""
+    before = len(sys.meta_path)
+    sys.meta_path[:] = [f for f in sys.meta_path if not _is_pluto_finder(f)]
+    return before - len(sys.meta_path)
+
+
+def _patched(wandb) -> list[str]:
+    from wandb.sdk import wandb_init
+
+    bad = []
+    if wandb.init is not wandb_init.init:
+        bad.append("init")
+    for name in ("log", "finish"):
+        fn = getattr(wandb, name, None)
+        if getattr(fn, "__module__", "").startswith("pluto"):
+            bad.append(name)
+    return bad
+
+
+def import_wandb():
+    """`wandb`, imported without pluto's dual-logging patch (restored or refused)."""
+    remove_pluto_hook()
+    try:
+        import wandb
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise MissingExtraError("the W&B connector needs wandb: pip install 'trackport[wandb]'") from exc
+    bad = _patched(wandb)
+    if bad:
+        compat = sys.modules.get("pluto.compat.wandb")
+        if compat is not None and hasattr(compat, "restore_wandb"):
+            compat.restore_wandb()
+        bad = _patched(wandb)
+        if bad:
+            raise UsageError(
+                f"wandb.{', wandb.'.join(bad)} is patched by another package (pluto-ml's dual-logging "
+                "hook?), which would send this copy elsewhere too; run trackport in a fresh process "
+                "or without that package's hook")
+    return wandb
+
+
+def internal_pb2():
+    """`wandb.proto.wandb_internal_pb2` (the Record protobufs of `.wandb` files)."""
+    import_wandb()
+    from wandb.proto import wandb_internal_pb2
+
+    return wandb_internal_pb2
+
+
+def wandb_init(**kwargs):
+    """The SDK's own `wandb.init` (never a wrapper someone put on the module)."""
+    import_wandb()
+    from wandb.sdk.wandb_init import init
+
+    return init(**kwargs)
+
+
+def settings(**kwargs):
+    wandb = import_wandb()
+    return wandb.Settings(**kwargs)
+
+
+def histogram(counts: list[float], edges: list[float]):
+    """A `wandb.Histogram` from counts and bin edges (at most 512 bins)."""
+    wandb = import_wandb()
+    return wandb.Histogram(np_histogram=(list(counts), list(edges)))
+
+
+def find_online_run(entity: str, project: str, run_id: str) -> dict | None:
+    """The config of W&B run ENTITY/PROJECT/RUN_ID on the server, None when it does not exist.
+
+    Read-only (`wandb.Api().run`).  Not exercised by the tests (no W&B server here);
+    the API source's local test server could cover it.
+    """
+    wandb = import_wandb()
+    from trackport.core.errors import TransientError
+
+    try:
+        run = wandb.Api().run(f"{entity}/{project}/{run_id}")
+    except wandb.errors.CommError as exc:
+        text = str(exc).lower()
+        if "not found" in text or "could not find" in text or "404" in text:
+            return None
+        raise TransientError(f"W&B API: {type(exc).__name__}") from None
+    except ValueError:
+        return None
+    return dict(run.config or {})

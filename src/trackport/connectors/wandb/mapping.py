@@ -1,0 +1,596 @@
+"""W&B <-> canonical mapping: pure functions, no wandb import, no I/O.
+
+Shared by both W&B sources (`wandb:PATH` offline run files, `wandb://ENTITY/PROJECT`
+through the API) and by the W&B sink.  docs/wandb.md has the table.
+
+W&B facts this module encodes (wandb 0.31):
+- history rows carry `_step` (int), `_timestamp` (float seconds) and `_runtime`;
+  media values are dicts with a `_type` (`image-file`, `table-file`,
+  `histogram`, ...) and, for files, a `path` relative to the run's files dir
+  (wandb/sdk/data_types/base_types/media.py `to_json`);
+- histograms are `{"_type": "histogram", "values": [...], "bins": [...]}`,
+  or from the API sometimes `packedBins: {min, size, count}`
+  (wandb/sdk/data_types/histogram.py);
+- system metrics are `system.<name>` in the API and `<name>` in offline
+  `stats` records;
+- the API returns config as `{key: {"value": v, "desc": ...}}`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, NamedTuple
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Floats hold every integer of at most 53 bits exactly.
+FLOAT_EXACT_INT = 2**53
+
+# Canonical paths of run-level metadata (DESIGN.md section 2, `sys/` vocabulary).
+NAME = "sys/name"
+CUSTOM_RUN_ID = "sys/custom_run_id"
+DESCRIPTION = "sys/description"
+TAGS = "sys/tags"
+GROUP_TAGS = "sys/group_tags"
+CREATION_TIME = "sys/creation_time"
+MODIFICATION_TIME = "sys/modification_time"
+FAILED = "sys/failed"
+FORK_PARENT = "sys/forking/parent"
+FORK_STEP = "sys/forking/step"
+STDOUT = "monitoring/stdout"
+STDERR = "monitoring/stderr"
+RUNTIME_SERIES = "wandb/runtime"
+
+# What the W&B sources may report (run_report.transformed(kind, ...)).
+SOURCE_TRANSFORMATIONS: dict[str, str] = {
+    "value_to_json": "config/summary list, None or empty dict stored as a string attribute "
+    "holding its JSON text (W&B has no canonical list/null type)",
+    "bool_to_float": "bool history value stored as float_series point 1.0/0.0",
+    "int_to_float": "history int beyond 2**53 stored as float (nearest value)",
+    "int_to_string": "config/summary int outside int64 stored as its decimal text",
+    "history_json_value": "history list value stored as a string_series point of its JSON text",
+    "history_nested_key": "nested dict logged to history flattened to keys joined by '.' "
+    "(as W&B's API shows them)",
+    "history_null_skipped": "null history value (no point) not exported",
+    "media_to_file": "history media (image, table, audio, ...) exported as file_series of its file; "
+    "its metadata kept under wandb/media/<key> as string_series JSON",
+    "console_lines": "console output fragments joined into lines (split at '\\n'), "
+    "each line stamped with the time of its first fragment",
+    "system_metric_index_step": "system metric points stepped 0,1,2,... in arrival order "
+    "(W&B system metrics have timestamps, no step)",
+}
+
+
+class Row(NamedTuple):
+    """One single value: canonical (attribute_path, attribute_type, value)."""
+
+    path: str
+    type: str
+    value: Any
+
+
+# ---------------------------------------------------------------------------
+# identity
+
+
+def project_id(entity: str, project: str) -> str:
+    """`ENTITY/PROJECT` (an offline run without an entity gets `-`)."""
+    return f"{entity or '-'}/{project or 'uncategorized'}"
+
+
+def datetime_from_seconds(seconds: float) -> datetime:
+    """UTC datetime of a W&B time in seconds, rounded to the canonical millisecond."""
+    return datetime.fromtimestamp(round(seconds * 1000) / 1000, tz=timezone.utc)
+
+
+def ms_from_seconds(seconds: float) -> int:
+    """Milliseconds of a W&B `_timestamp` (float seconds), rounded to the nearest ms."""
+    return int(round(float(seconds) * 1000))
+
+
+# ---------------------------------------------------------------------------
+# single values: config and summary
+
+
+def typed_rows(prefix: str, value: Any, hits: dict[str, int] | None = None) -> list[Row]:
+    """Flatten one config/summary value under `prefix` into typed rows.
+
+    dict -> one row per leaf, keys joined by '/' (`config/a/b`); bool/int/float/str keep
+    their type; list, None and {} -> `string` holding the JSON text (`value_to_json`);
+    an int outside int64 -> `string` (`int_to_string`).  `hits` counts transformations.
+    """
+    out: list[Row] = []
+    _flatten(prefix, value, out, hits if hits is not None else {})
+    return out
+
+
+def _count(hits: dict[str, int], kind: str) -> None:
+    hits[kind] = hits.get(kind, 0) + 1
+
+
+def _flatten(path: str, value: Any, out: list[Row], hits: dict[str, int]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key in value:
+            _flatten(f"{path}/{key}", value[key], out, hits)
+    elif isinstance(value, bool):
+        out.append(Row(path, "bool", value))
+    elif isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            out.append(Row(path, "int", value))
+        else:
+            _count(hits, "int_to_string")
+            out.append(Row(path, "string", str(value)))
+    elif isinstance(value, float):
+        out.append(Row(path, "float", value))
+    elif isinstance(value, str):
+        out.append(Row(path, "string", value))
+    else:
+        _count(hits, "value_to_json")
+        out.append(Row(path, "string", json_text(value)))
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text of a value, NaN/Infinity as W&B writes them."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def load_json(text: str) -> Any:
+    """W&B `value_json` text (Python's json reads its NaN/Infinity/-Infinity)."""
+    return json.loads(text)
+
+
+def unwrap_api_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`{k: {"value": v, "desc": d}}` (API and config.yaml shape) -> `{k: v}`."""
+    out = {}
+    for key, item in config.items():
+        if isinstance(item, Mapping) and "value" in item and set(item) <= {"value", "desc"}:
+            out[key] = item["value"]
+        else:
+            out[key] = item
+    return out
+
+
+def config_rows(config: Mapping[str, Any], hits: dict[str, int] | None = None) -> list[Row]:
+    """Config (already unwrapped, nested dicts) -> rows under `config/`.
+
+    W&B's own `_wandb` key (SDK bookkeeping) goes to `wandb/config/_wandb/...`.
+    """
+    rows: list[Row] = []
+    for key, value in config.items():
+        prefix = f"wandb/config/{key}" if key == "_wandb" else f"config/{key}"
+        rows.extend(typed_rows(prefix, value, hits))
+    return rows
+
+
+def summary_rows(summary: Mapping[str, Any], hits: dict[str, int] | None = None) -> list[Row]:
+    """Summary (nested dicts) -> rows under `summary/` (every key, `_`-keys included)."""
+    rows: list[Row] = []
+    for key, value in summary.items():
+        rows.extend(typed_rows(f"summary/{key}", value, hits))
+    return rows
+
+
+def set_nested(target: dict, keys: Iterable[str], value: Any) -> None:
+    """`target[k1][k2]... = value`, creating dicts (a W&B nested_key update)."""
+    keys = list(keys)
+    node = target
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
+
+
+def remove_nested(target: dict, keys: Iterable[str]) -> None:
+    keys = list(keys)
+    node = target
+    for key in keys[:-1]:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            return
+    node.pop(keys[-1], None)
+
+
+# ---------------------------------------------------------------------------
+# run metadata
+
+
+@dataclass
+class RunInfo:
+    """The run-level attributes W&B keeps, whatever the source."""
+
+    run_id: str
+    entity: str = ""
+    project: str = ""
+    display_name: str = ""
+    notes: str = ""
+    tags: tuple[str, ...] = ()
+    group: str = ""
+    job_type: str = ""
+    created: datetime | None = None
+    heartbeat: datetime | None = None
+    state: str = ""                     # finished, failed, crashed, running, ...
+    exit_code: int | None = None
+    fork_parent: str = ""
+    fork_step: float | int | None = None
+    extra: dict[str, Any] | None = None  # other attributes: name -> JSON-able value -> wandb/<name>
+
+
+def run_rows(info: RunInfo, hits: dict[str, int] | None = None) -> list[Row]:
+    """The `sys/*` and `wandb/*` rows of a run."""
+    rows = [Row(CUSTOM_RUN_ID, "string", info.run_id)]
+    if info.display_name:
+        rows.append(Row(NAME, "string", info.display_name))
+    if info.notes:
+        rows.append(Row(DESCRIPTION, "string", info.notes))
+    if info.tags:
+        rows.append(Row(TAGS, "string_set", sorted(set(info.tags))))
+    if info.group:
+        rows.append(Row(GROUP_TAGS, "string_set", [info.group]))
+    if info.created is not None:
+        rows.append(Row(CREATION_TIME, "datetime", info.created))
+    if info.heartbeat is not None:
+        rows.append(Row(MODIFICATION_TIME, "datetime", info.heartbeat))
+    if info.state:
+        rows.append(Row("wandb/state", "string", info.state))
+        rows.append(Row(FAILED, "bool", info.state in ("failed", "crashed")))
+    if info.exit_code is not None:
+        rows.append(Row("wandb/exit_code", "int", int(info.exit_code)))
+    if info.job_type:
+        rows.append(Row("wandb/job_type", "string", info.job_type))
+    if info.entity:
+        rows.append(Row("wandb/entity", "string", info.entity))
+    if info.project:
+        rows.append(Row("wandb/project", "string", info.project))
+    if info.fork_parent:
+        rows.append(Row(FORK_PARENT, "string", info.fork_parent))
+        if info.fork_step is not None:
+            step = info.fork_step
+            kind = "int" if isinstance(step, int) or float(step).is_integer() else "float"
+            rows.append(Row(FORK_STEP, kind, int(step) if kind == "int" else float(step)))
+    for key, value in sorted((info.extra or {}).items()):
+        if value in (None, "", [], {}):
+            continue
+        rows.extend(typed_rows(f"wandb/{key}", value, hits))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# history
+
+
+HISTOGRAM_TYPE_NAME = "histogram"
+
+
+def history_key(keys: Iterable[str]) -> str:
+    """A history item's key parts (W&B `nested_key`) -> one key, parts joined by '.'."""
+    return ".".join(keys)
+
+
+def is_media(value: Any) -> bool:
+    return isinstance(value, Mapping) and isinstance(value.get("_type"), str)
+
+
+def histogram_value(value: Mapping[str, Any]) -> dict | None:
+    """W&B histogram dict -> canonical `{type, edges, values}` (None when it is not one)."""
+    if value.get("_type") != HISTOGRAM_TYPE_NAME:
+        return None
+    counts = value.get("values")
+    bins = value.get("bins")
+    packed = value.get("packedBins")
+    if bins is None and isinstance(packed, Mapping):
+        lo, size, n = float(packed["min"]), float(packed["size"]), int(packed["count"])
+        bins = [lo + i * size for i in range(n + 1)]
+    if not isinstance(counts, list) or not isinstance(bins, list):
+        return None
+    return {"type": "COUNTING", "edges": [float(b) for b in bins], "values": [float(c) for c in counts]}
+
+
+class HistoryPoint(NamedTuple):
+    """A history value classified: `type` is a canonical series type, `value` its cell."""
+
+    path: str
+    type: str       # float_series | string_series | histogram_series | file_series
+    value: Any      # float | str | {type, edges, values} | media file path (relative to files/)
+
+
+def history_points(key: str, value: Any, hits: dict[str, int]) -> list[HistoryPoint]:
+    """One history key/value -> canonical series points (at the row's step and timestamp).
+
+    - numbers -> float_series (bool -> 1.0/0.0 `bool_to_float`);
+    - strings -> string_series; lists -> string_series JSON text (`history_json_value`);
+    - histograms -> histogram_series;
+    - media with a `path` -> file_series of that file, plus the media dict (minus nothing)
+      as a string_series JSON point at `wandb/media/<key>` (`media_to_file`);
+    - other media without a file -> string_series JSON point at `wandb/media/<key>`;
+    - plain nested dicts -> their leaves under `<key>.<sub>` (`history_nested_key`);
+    - None -> nothing (`history_null_skipped`).
+    `_runtime` goes to `wandb/runtime`.
+    """
+    if key == "_runtime":
+        key = RUNTIME_SERIES
+    if value is None:
+        _count(hits, "history_null_skipped")
+        return []
+    if isinstance(value, bool):
+        _count(hits, "bool_to_float")
+        return [HistoryPoint(key, "float_series", 1.0 if value else 0.0)]
+    if isinstance(value, int):
+        if abs(value) > FLOAT_EXACT_INT:
+            _count(hits, "int_to_float")
+        return [HistoryPoint(key, "float_series", float(value))]
+    if isinstance(value, float):
+        return [HistoryPoint(key, "float_series", value)]
+    if isinstance(value, str):
+        return [HistoryPoint(key, "string_series", value)]
+    if isinstance(value, Mapping):
+        if is_media(value):
+            hist = histogram_value(value)
+            if hist is not None:
+                return [HistoryPoint(key, "histogram_series", hist)]
+            _count(hits, "media_to_file")
+            meta = HistoryPoint(f"wandb/media/{key}", "string_series", json_text(value))
+            path = value.get("path")
+            if isinstance(path, str) and path:
+                return [HistoryPoint(key, "file_series", path), meta]
+            return [meta]
+        if not value:
+            _count(hits, "history_json_value")
+            return [HistoryPoint(key, "string_series", "{}")]
+        _count(hits, "history_nested_key")
+        out: list[HistoryPoint] = []
+        for sub, subvalue in value.items():
+            out.extend(history_points(f"{key}.{sub}", subvalue, hits))
+        return out
+    _count(hits, "history_json_value")
+    return [HistoryPoint(key, "string_series", json_text(value))]
+
+
+def system_metric_path(name: str) -> str:
+    """`system.cpu` (API) or `cpu` (offline stats record) -> `monitoring/cpu`."""
+    return "monitoring/" + name.removeprefix("system.")
+
+
+# ---------------------------------------------------------------------------
+# run files
+
+
+# (glob on the path relative to the run's files dir, attribute path template, type)
+# First match wins.  `{path}` is the whole relative path, `{name}` its basename.
+FILE_RULES: tuple[tuple[str, str], ...] = (
+    ("requirements.txt", "source_code/requirements"),
+    ("code/*", "source_code/files/{rest}"),
+    ("output.log", "wandb/files/output.log"),
+    ("config.yaml", "wandb/files/config.yaml"),
+    ("wandb-*", "wandb/files/{path}"),
+    ("media/*", "wandb/files/{path}"),
+    ("artifact/*", "wandb/files/{path}"),
+    ("*.ckpt", "checkpoints/{path}"),
+    ("*checkpoint*", "checkpoints/{path}"),
+)
+
+
+def classify_file(rel_path: str) -> tuple[str, str]:
+    """A run file (path relative to the run's files dir, '/' separated) -> (attribute path, type).
+
+    Every file is its own `file` attribute (never a `file_set`), so files stream one by one
+    and each keeps its own digest for verify.
+    """
+    rel = rel_path.replace("\\", "/").lstrip("/")
+    for pattern, template in FILE_RULES:
+        if fnmatch.fnmatchcase(rel, pattern) or (pattern.endswith("/*") and rel.startswith(pattern[:-1])):
+            rest = rel.split("/", 1)[1] if "/" in rel else rel
+            return template.format(path=rel, rest=rest), "file"
+    return f"files/{rel}", "file"
+
+
+# ---------------------------------------------------------------------------
+# sink side: canonical -> W&B
+
+
+RUN_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+RUN_ID_LENGTH = 16
+# W&B run ids: at most 128 characters, no '/', '\\', '#', '?', '%', ':'
+# (wandb/sdk/lib/runid.py, wandb_settings.py `validate_run_id`); ours are lower-case base36.
+
+
+def dest_run_id(origin_uri: str, project_id: str, run_id: str) -> str:
+    """Deterministic W&B run id for a source run: 16 base36 characters of blake2b."""
+    digest = hashlib.blake2b(
+        "\x00".join((origin_uri, project_id, run_id)).encode("utf-8"), digest_size=16
+    ).digest()
+    number = int.from_bytes(digest, "big")
+    chars = []
+    for _ in range(RUN_ID_LENGTH):
+        number, rem = divmod(number, 36)
+        chars.append(RUN_ID_ALPHABET[rem])
+    return "tp" + "".join(chars[: RUN_ID_LENGTH - 2])
+
+
+_BAD_PROJECT = re.compile(r"[/\\#?%:]")
+
+
+def dest_project(name: str) -> str:
+    """A W&B project name for a canonical project id (characters W&B refuses -> '_')."""
+    return _BAD_PROJECT.sub("-", name)[:128] or "trackport"
+
+
+# ---------------------------------------------------------------------------
+# runs trackport wrote: the sink encodes, both sources decode
+#
+# A W&B run written by the sink carries:
+# - config `_trackport` = {"format", "origin": {uri, project_id, run_id}, "complete"}:
+#   the origin identifies the run on a rerun; `complete` becomes true last;
+# - config `<path>` = value of every single-valued attribute (for people, in W&B's UI);
+# - history: series point of `<path>` at W&B step = dest_step, `_timestamp` = the
+#   earliest timestamp of the step; a point whose timestamp differs from it also
+#   logs `_trackport/ts/<key>` = its timestamp in ms (exact);
+# - file `trackport/manifest.json` (saved before the completion mark): the exact
+#   canonical types and single values, the step multiplier, the W&B key of every
+#   series, histogram types, and where every file went.
+
+from trackport.core.capabilities import Capabilities  # noqa: E402
+
+TRACKPORT_KEY = "_trackport"
+TS_PREFIX = "_trackport/ts/"
+ESCAPED_PREFIX = "trackport_escaped/"
+MANIFEST_PATH = "trackport/manifest.json"
+MANIFEST_FORMAT = "trackport.wandb.manifest"
+MANIFEST_VERSION = 1
+FILES_DIR = "trackport/files"
+MAX_HISTOGRAM_BINS = 512      # wandb.Histogram.MAX_LENGTH (wandb/sdk/data_types/histogram.py)
+MAX_TAG_LENGTH = 64           # W&B refuses longer tags (wandb/sdk/wandb_settings.py run_tags)
+
+SOURCE_CAPABILITIES = Capabilities(transformations=dict(SOURCE_TRANSFORMATIONS))
+
+SINK_TRANSFORMATIONS: dict[str, str] = {
+    "fork_recorded": "fork lineage kept in config (sys/forking/parent, sys/forking/step), "
+    "not as a W&B fork_from (which needs the parent on the same server and is beta)",
+    "histogram_as_json": "histogram W&B cannot hold as wandb.Histogram (over 512 bins or "
+    "edges != values + 1) logged as JSON text at its key (read back as the histogram)",
+    "key_escaped": "series key starting with '_' (W&B's reserved prefix) logged as "
+    "'trackport_escaped/<key>' (read back under its path)",
+    "tag_skipped": "tag W&B refuses (empty or over 64 characters) not set as a W&B tag; "
+    "kept in config sys/tags",
+}
+
+SINK_CAPABILITIES = Capabilities(
+    integer_steps=True,
+    keeps_timestamps=True,
+    key_rule="any; keys starting with '_' are escaped",
+    files=True,
+    histograms=True,
+    forks=True,
+    resumable=True,
+    transformations=dict(SINK_TRANSFORMATIONS),
+)
+
+
+def wandb_key(path: str) -> str:
+    """The history key of a series path (W&B reserves keys starting with '_')."""
+    return ESCAPED_PREFIX + path if path.startswith("_") else path
+
+
+def single_json(attribute_type: str, value: Any) -> Any:
+    """A single value as exact JSON (datetime -> ms since the epoch, string_set -> list)."""
+    if value is None:
+        return None
+    if attribute_type == "datetime":
+        if isinstance(value, datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=timezone.utc)
+            delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+            return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        return int(value)
+    if attribute_type == "string_set":
+        return list(value)
+    if attribute_type == "float":
+        return float(value)
+    return value
+
+
+def single_value(attribute_type: str, value: Any) -> Any:
+    """Inverse of `single_json`."""
+    if value is None:
+        return None
+    if attribute_type == "datetime":
+        return datetime.fromtimestamp(0, tz=timezone.utc) + _ms_delta(int(value))
+    if attribute_type == "float":
+        return float(value)
+    return value
+
+
+def _ms_delta(ms: int):
+    from datetime import timedelta
+
+    return timedelta(milliseconds=ms)
+
+
+def dumps_manifest(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, ensure_ascii=False, sort_keys=True, allow_nan=True)
+
+
+def origin_from_config(config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(project_id, run_id) of the source run a trackport-written W&B run came from."""
+    mark = config.get(TRACKPORT_KEY)
+    if not isinstance(mark, Mapping):
+        return None
+    origin = mark.get("origin")
+    if not isinstance(origin, Mapping):
+        return None
+    project, run = origin.get("project_id"), origin.get("run_id")
+    if isinstance(project, str) and isinstance(run, str):
+        return project, run
+    return None
+
+
+def is_complete(config: Mapping[str, Any]) -> bool:
+    mark = config.get(TRACKPORT_KEY)
+    return isinstance(mark, Mapping) and mark.get("complete") is True
+
+
+class Decoder:
+    """Turns a trackport-written W&B run back into the canonical rows it was made from."""
+
+    def __init__(self, manifest: Mapping[str, Any]):
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not a {MANIFEST_FORMAT} file")
+        self.manifest = manifest
+        self.multiplier = int(manifest.get("step_multiplier") or 1)
+        self.series: dict[str, str] = dict(manifest.get("series", {}))      # path -> type
+        self.paths: dict[str, str] = {wandb_key(p): p for p in self.series}  # W&B key -> path
+        self.hist_types: dict[str, str] = dict(manifest.get("hist_types", {}))
+        self.hist_json: set[str] = set(manifest.get("hist_json", []))
+        self.neg_zero: set[tuple[str, int]] = {(k, int(st)) for k, st in manifest.get("neg_zero", [])}
+        self._row_step: int | None = None
+
+    def step(self, step: int):
+        """The canonical step of a W&B step (exact: Decimal when a multiplier was used)."""
+        if self.multiplier == 1:
+            return int(step)
+        from decimal import Decimal
+
+        return (Decimal(int(step)) / Decimal(self.multiplier)).quantize(Decimal("0.000001"))
+
+    def history_row(self, row: Mapping[str, Any], ts_ms: int | None,
+                    wandb_step: int | None = None) -> list[tuple[str, str, int | None, Any]]:
+        """One history row (at W&B step `wandb_step`) -> [(path, series type, timestamp ms, value)]."""
+        out = []
+        for key, value in row.items():
+            if key.startswith(TS_PREFIX) or key == "_runtime":
+                continue
+            path = self.paths.get(key)
+            if path is None:
+                continue
+            kind = self.series[path]
+            ts = row.get(TS_PREFIX + key, ts_ms)
+            if value is None:  # a point without a value, logged as null: kept as such
+                pass
+            elif kind == "float_series":
+                value = float(value)
+                if value == 0.0 and (key, wandb_step) in self.neg_zero:
+                    value = -0.0
+            elif kind == "string_series":
+                value = str(value)
+            elif kind == "histogram_series":
+                if path in self.hist_json:
+                    value = json.loads(value)
+                else:
+                    value = histogram_value(value)
+                    if value is not None:
+                        value["type"] = self.hist_types.get(path, value["type"])
+            out.append((path, kind, None if ts is None else int(ts), value))
+        return out
+
+    def single_rows(self) -> list[Row]:
+        return [Row(path, kind, single_value(kind, value))
+                for path, (kind, value) in sorted(self.manifest.get("singles", {}).items())]
+
+    def file_rows(self) -> list[dict]:
+        """[{path, type, step (text or None), timestamp ms, rel}] of every file written."""
+        return list(self.manifest.get("files", []))

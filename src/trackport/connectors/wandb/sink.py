@@ -1,0 +1,486 @@
+"""W&B destination: `wandb://ENTITY/PROJECT` (or `wandb://ENTITY`: one W&B project per source project).
+
+`--wandb-mode online` (default) logs to the W&B server (WANDB_API_KEY, WANDB_BASE_URL);
+`--wandb-mode offline` writes offline run directories under `--wandb-dir` (default
+$WANDB_DIR, else the current directory) `/wandb/offline-run-*`, for `wandb sync` or for
+reading back with `wandb:DIR`.
+
+How one run is written (mapping.py has the encoding):
+1. `wandb.init` with a run id derived from the source origin (`mapping.dest_run_id`),
+   name/notes/tags/group from `sys/*`, config = every single value + `_trackport`
+   (origin, complete=false);
+2. `write()` spools series points (with the core's exact int64 `dest_step`) to an Arrow
+   IPC file and copies files into the run's files dir (`run.save`, absolute paths);
+3. `commit()` memory-maps the spool, orders it by step (stable), and logs one
+   `run.log({...}, step=s)` per step with every value of that step and `_timestamp`;
+   then saves `trackport/manifest.json`, sets config `_trackport.complete = true`
+   LAST, and finishes the run.
+W&B accepts only increasing steps per run, hence the spool: nothing is dropped for
+arriving out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from trackport.core.connector import RunPlan, RunWriter, Sink
+from trackport.core.errors import RunError, UsageError
+from trackport.core.model import DestRun, Origin, RunRef
+from trackport.core.registry import ParsedUri
+from trackport.core.schema import DEST_STEP, FILE_TYPES, HISTOGRAM_TYPE, VALUE_COLUMN
+
+from . import mapping as mp
+from .datastore import DatastoreError, LogReader
+
+log = logging.getLogger(__name__)
+
+_SERIES_TYPES = ("float_series", "string_series", "histogram_series")
+_SPOOL_SCHEMA = pa.schema([
+    pa.field("dest_step", pa.int64()),
+    pa.field("key", pa.string()),
+    pa.field("attribute_type", pa.string()),
+    pa.field("ts", pa.int64()),
+    pa.field("float_value", pa.float64()),
+    pa.field("string_value", pa.string()),
+    pa.field("histogram_value", HISTOGRAM_TYPE),
+])
+_LOG_CHUNK = 20_000
+
+
+def open_wandb_sink(parsed: ParsedUri, options: dict[str, Any]) -> "WandbSink":
+    parts = [p for p in parsed.rest[2:].split("/") if p]
+    if not parts or len(parts) > 2:
+        raise UsageError(f"bad W&B destination {parsed.display!r}: use wandb://ENTITY/PROJECT or wandb://ENTITY")
+    mode = options.get("wandb_mode") or "online"
+    if mode not in ("online", "offline"):
+        raise UsageError(f"--wandb-mode must be online or offline, not {mode!r}")
+    base = options.get("wandb_dir") or os.environ.get("WANDB_DIR") or os.getcwd()
+    base = Path(base).expanduser()
+    if not base.is_absolute():
+        base = Path.cwd() / base
+    return WandbSink(parts[0], parts[1] if len(parts) == 2 else None, mode, base, options)
+
+
+@dataclass
+class _Found:
+    run_dirs: list[Path]
+
+
+class WandbSink(Sink):
+    capabilities = mp.SINK_CAPABILITIES
+
+    def __init__(self, entity: str, project: str | None, mode: str, base_dir: Path, options: dict[str, Any]):
+        self.entity = entity
+        self.project = project
+        self.mode = mode
+        self.base_dir = base_dir
+        self.options = dict(options)
+        self.uri = f"wandb://{entity}/{project}" if project else f"wandb://{entity}"
+
+    # -- identity ----------------------------------------------------------------
+
+    def project_for(self, origin: Origin) -> str:
+        return self.project or mp.dest_project(origin.project_id)
+
+    def run_id_for(self, origin: Origin) -> str:
+        return mp.dest_run_id(origin.uri, origin.project_id, origin.run_id)
+
+    def _offline_dirs(self, run_id: str) -> list[Path]:
+        wandb_dir = self.base_dir / "wandb"
+        if not wandb_dir.is_dir():
+            return []
+        return sorted(p for p in wandb_dir.glob(f"offline-run-*-{run_id}")
+                      if p.is_dir() and not p.is_symlink())
+
+    def find_run(self, origin: Origin) -> DestRun | None:
+        """Read-only: the offline run dirs (offline mode) or the server (online mode)."""
+        run_id = self.run_id_for(origin)
+        if self.mode == "offline":
+            dirs = self._offline_dirs(run_id)
+            if not dirs:
+                return None
+            complete = any(_offline_complete(d) for d in dirs)
+            return DestRun(run_id, complete, None, _Found(dirs))
+        from .client import find_online_run
+
+        config = find_online_run(self.entity, self.project_for(origin), run_id)
+        if config is None:
+            return None
+        return DestRun(run_id, mp.is_complete(config), None, None)
+
+    def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
+        if resume is not None:
+            if self.mode == "offline" and isinstance(resume.locator, _Found):
+                # A partial offline run is ours (same deterministic id) and was never synced:
+                # start it again from nothing rather than append to it.
+                for run_dir in resume.locator.run_dirs:
+                    shutil.rmtree(run_dir)
+            else:
+                raise RunError(
+                    f"W&B run {self.entity}/{self.project_for(plan.origin)}/{resume.id} was left "
+                    "incomplete by an earlier copy; W&B cannot take its steps again: delete that run "
+                    "in W&B and rerun", project_id=plan.ref.project_id, run_id=plan.ref.run_id)
+        return WandbRunWriter(self, plan)
+
+    def as_source(self):
+        if self.mode != "offline":
+            raise NotImplementedError("reading back an online W&B destination needs the API source "
+                                      "(wandb://ENTITY/PROJECT)")
+        from .source import WandbOfflineSource
+
+        return WandbOfflineSource(self.base_dir, self.options)
+
+    def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
+        from .source import Locator
+
+        for run_dir in self._offline_dirs(self.run_id_for(origin)):
+            logs = sorted(run_dir.glob("*.wandb"))
+            if logs:
+                return RunRef(origin.project_id, origin.run_id, Locator(run_dir, logs[0]))
+        raise RunError(f"W&B offline run {dest.id} not found under {self.base_dir / 'wandb'}",
+                       project_id=origin.project_id, run_id=origin.run_id)
+
+    def describe_plan(self, plan: RunPlan) -> list[str]:
+        origin = plan.origin
+        lines = [f"W&B run {self.entity}/{self.project_for(origin)}/{self.run_id_for(origin)} "
+                 f"({self.mode})"]
+        parent = plan.scan.value(mp.FORK_PARENT)
+        if parent:
+            plan.report.transformed("fork_recorded", 1, str(parent))
+        return lines
+
+
+def _offline_complete(run_dir: Path) -> bool:
+    """Whether the run's log holds config `_trackport.complete = true` (reads only)."""
+    from .client import internal_pb2
+
+    pb = internal_pb2()
+    logs = sorted(run_dir.glob("*.wandb"))
+    if not logs:
+        return False
+    config: dict = {}
+    needle = mp.TRACKPORT_KEY.encode()
+    try:
+        for payload in LogReader(logs[0]):
+            if needle not in payload:
+                continue
+            record = pb.Record()
+            record.ParseFromString(payload)
+            kind = record.WhichOneof("record_type")
+            updates = record.run.config.update if kind == "run" else (
+                record.config.update if kind == "config" else ())
+            for item in updates:
+                keys = list(item.nested_key) or [item.key]
+                if keys[0] == mp.TRACKPORT_KEY:
+                    mp.set_nested(config, keys, mp.load_json(item.value_json))
+    except (DatastoreError, OSError, ValueError):
+        return False
+    return mp.is_complete(config)
+
+
+class WandbRunWriter(RunWriter):
+    def __init__(self, sink: WandbSink, plan: RunPlan):
+        self.sink = sink
+        self.plan = plan
+        self.report = plan.report
+        self.origin = plan.origin
+        self.project_id = plan.ref.project_id
+        self.source_run = plan.ref.run_id
+        self.run_id = sink.run_id_for(plan.origin)
+        self.tmp = Path(tempfile.mkdtemp(prefix="trackport-wandb-"))
+        self.spool_path = self.tmp / "series.arrow"
+        self._spool = None
+        self._sink_file = None
+        self.manifest: dict[str, Any] = {
+            "format": mp.MANIFEST_FORMAT,
+            "version": mp.MANIFEST_VERSION,
+            "origin": self._origin_json(),
+            "step_multiplier": plan.steps.multiplier if plan.steps is not None else 1,
+            "singles": {},
+            "series": {},
+            "hist_types": {},
+            "hist_json": [],
+            "neg_zero": [],
+            "files": [],
+        }
+        self._counted: set[tuple[str, str]] = set()
+        self._files_n = 0
+        self._closed = False
+        self.run = self._init()
+        self.files_dir = Path(self.run.dir)
+
+    def _origin_json(self) -> dict:
+        return {"uri": self.origin.uri, "project_id": self.origin.project_id, "run_id": self.origin.run_id}
+
+    def _err(self, message: str, file: str | None = None) -> RunError:
+        return RunError(message, project_id=self.project_id, run_id=self.source_run, file=file)
+
+    def _count(self, kind: str, path: str) -> None:
+        if (kind, path) not in self._counted:
+            self._counted.add((kind, path))
+            self.report.transformed(kind, 1, path)
+
+    # -- init ------------------------------------------------------------------
+
+    def _init(self):
+        from .client import settings, wandb_init
+
+        scan = self.plan.scan
+        config = {path: mp.single_json(kind, value) for path, (kind, value) in sorted(scan.values.items())
+                  if value is not None}
+        config[mp.TRACKPORT_KEY] = {"format": mp.MANIFEST_VERSION, "origin": self._origin_json(),
+                                    "complete": False}
+        tags = []
+        for tag in scan.value(mp.TAGS) or []:
+            if tag and len(tag) <= mp.MAX_TAG_LENGTH:
+                tags.append(tag)
+            else:
+                self._count("tag_skipped", mp.TAGS)
+        groups = sorted(scan.value(mp.GROUP_TAGS) or [])
+        name = scan.value(mp.NAME)
+        notes = scan.value(mp.DESCRIPTION)
+        if scan.value(mp.FORK_PARENT):
+            self._count("fork_recorded", mp.FORK_PARENT)
+        self.sink.base_dir.mkdir(parents=True, exist_ok=True)
+        wb_settings = settings(
+            mode=self.sink.mode, x_disable_meta=True, x_disable_machine_info=True, save_code=False,
+            x_disable_stats=True, console="off", x_save_requirements=False, disable_git=True,
+            silent=True, reinit="create_new",
+        )
+        try:
+            return wandb_init(
+                id=self.run_id, project=self.sink.project_for(self.origin), entity=self.sink.entity,
+                name=str(name) if name else self.source_run, notes=str(notes) if notes else None,
+                tags=tags or None, group=groups[0] if groups else None, config=config,
+                resume="allow", dir=str(self.sink.base_dir), settings=wb_settings,
+            )
+        except Exception as exc:  # the SDK raises many kinds (CommError, UsageError, ...)
+            raise self._err(f"wandb.init failed: {type(exc).__name__}: {exc}") from None
+
+    # -- write -------------------------------------------------------------------
+
+    def write(self, batch: pa.Table) -> None:
+        types = batch.column("attribute_type")
+        single = batch.filter(pc.is_null(batch.column("step")))
+        single = single.filter(pc.invert(pc.is_in(single.column("attribute_type"),
+                                                  value_set=pa.array(sorted(FILE_TYPES)))))
+        value_columns = sorted({VALUE_COLUMN[t] for t in pc.unique(single.column("attribute_type")).to_pylist()})
+        for row in single.select(["attribute_path", "attribute_type"] + value_columns).to_pylist():
+            kind = row["attribute_type"]
+            self.manifest["singles"][row["attribute_path"]] = [kind, mp.single_json(kind, row[VALUE_COLUMN[kind]])]
+        files = batch.filter(pc.is_in(types, value_set=pa.array(sorted(FILE_TYPES))))
+        if files.num_rows:
+            self._write_files(files)
+        series = batch.filter(pc.is_in(types, value_set=pa.array(_SERIES_TYPES)))
+        if series.num_rows:
+            self._spool_series(series)
+
+    def _spool_series(self, table: pa.Table) -> None:
+        if DEST_STEP not in table.column_names:
+            raise self._err("the pipeline gave no integer dest_step column")
+        steps = table.column(DEST_STEP)
+        if steps.null_count:
+            raise self._err("series point without a step: W&B needs one")
+        if pc.min(steps).as_py() < 0:
+            raise self._err("negative step: W&B takes steps >= 0 only")
+        paths = table.column("attribute_path")
+        kinds = table.column("attribute_type")
+        unique = table.select(["attribute_path", "attribute_type"]).group_by(
+            ["attribute_path", "attribute_type"]).aggregate([])
+        for path, kind in zip(unique.column("attribute_path").to_pylist(),
+                              unique.column("attribute_type").to_pylist()):
+            known = self.manifest["series"].setdefault(path, kind)
+            if known != kind:
+                raise self._err(f"attribute {path!r} is both {known} and {kind}")
+            if mp.wandb_key(path) != path:
+                self._count("key_escaped", path)
+        keys = pc.if_else(pc.starts_with(paths, "_"),
+                          pc.binary_join_element_wise(pa.scalar(mp.ESCAPED_PREFIX), paths, ""), paths)
+        spool = pa.table({
+            "dest_step": steps.cast(pa.int64()),
+            "key": keys,
+            "attribute_type": kinds,
+            "ts": pc.cast(table.column("timestamp"), pa.int64()),
+            "float_value": table.column("float_value"),
+            "string_value": table.column("string_value"),
+            "histogram_value": table.column("histogram_value"),
+        }, schema=_SPOOL_SCHEMA)
+        if self._spool is None:
+            self._sink_file = pa.OSFile(str(self.spool_path), "wb")
+            self._spool = pa.ipc.new_file(self._sink_file, _SPOOL_SCHEMA)
+        self._spool.write_table(spool)
+
+    def _write_files(self, table: pa.Table) -> None:
+        from decimal import Decimal
+
+        rows = table.select(["attribute_path", "attribute_type", "step", "timestamp", "file_value"]).to_pylist()
+        for row in rows:
+            source = (row["file_value"] or {}).get("path")
+            path, kind = row["attribute_path"], row["attribute_type"]
+            if not source:
+                self.report.dropped("file_missing_path", 1, path)
+                continue
+            local = self._local(source)
+            self._files_n += 1
+            rel_dir = f"{mp.FILES_DIR}/{self._files_n}"
+            target = self.files_dir / rel_dir
+            target.mkdir(parents=True, exist_ok=True)
+            if local.is_dir():
+                dest = target / (local.name or "dir")
+                shutil.copytree(local, dest)
+                saved = [p for p in dest.rglob("*") if p.is_file()]
+            else:
+                dest = target / (local.name or "file")
+                shutil.copyfile(local, dest)
+                saved = [dest]
+            for item in saved:
+                self.report.files += 1
+                self.report.bytes += item.stat().st_size
+                self.run.save(str(item), base_path=str(self.files_dir), policy="now")
+            step = row["step"]
+            ts = row["timestamp"]
+            self.manifest["files"].append({
+                "path": path, "type": kind,
+                "step": None if step is None else str(Decimal(step).quantize(Decimal("0.000001"))),
+                "ts": None if ts is None else mp.single_json("datetime", ts),
+                "rel": dest.relative_to(self.files_dir).as_posix(),
+                "source": source,
+            })
+
+    def _local(self, source: str) -> Path:
+        files = self.plan.files
+        try:
+            local = files.local_path(source)
+            if local is None:
+                local = self.tmp / "in" / str(self._files_n) / (Path(source).name or "file")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with files.open(source) as src, open(local, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
+            raise self._err(f"cannot read file: {exc}", file=source) from None
+        local = Path(local)
+        if not local.exists():
+            raise self._err("file not found", file=source)
+        return local
+
+    # -- commit ------------------------------------------------------------------
+
+    def _log_series(self) -> None:
+        if self._spool is None:
+            return
+        self._spool.close()
+        self._sink_file.close()
+        self._spool = None
+        from .client import histogram
+
+        with pa.memory_map(str(self.spool_path), "r") as source:
+            table = pa.ipc.open_file(source).read_all()
+            steps = table.column("dest_step").to_numpy()
+            order = np.argsort(steps, kind="stable")
+            pending_step = None
+            pending: dict[str, Any] = {}
+            pending_ts: dict[str, int | None] = {}
+            for start in range(0, len(order), _LOG_CHUNK):
+                chunk = table.take(pa.array(order[start:start + _LOG_CHUNK])).to_pylist()
+                for row in chunk:
+                    step = row["dest_step"]
+                    if step != pending_step:
+                        if pending_step is not None:
+                            self._log_step(pending_step, pending, pending_ts)
+                        pending_step, pending, pending_ts = step, {}, {}
+                    key = row["key"]
+                    kind = row["attribute_type"]
+                    if kind == "float_series":
+                        value = row["float_value"]
+                        if value == 0.0 and math.copysign(1.0, value) < 0:
+                            # W&B stores -0.0 as 0 (its JSON); the manifest says where it was
+                            self.manifest["neg_zero"].append([key, step])
+                    elif kind == "string_series":
+                        value = row["string_value"]
+                    else:
+                        value = self._histogram(key, row["histogram_value"], histogram)
+                    pending[key] = value
+                    pending_ts[key] = row["ts"]
+            if pending_step is not None:
+                self._log_step(pending_step, pending, pending_ts)
+            del table
+
+    def _histogram(self, key: str, value: dict | None, histogram) -> Any:
+        path = key[len(mp.ESCAPED_PREFIX):] if key.startswith(mp.ESCAPED_PREFIX) else key
+        if value is None:
+            return None
+        self.manifest["hist_types"][path] = value.get("type")
+        edges, counts = value.get("edges") or [], value.get("values") or []
+        if len(edges) != len(counts) + 1 or not counts or len(counts) > mp.MAX_HISTOGRAM_BINS:
+            if path not in self.manifest["hist_json"]:
+                self.manifest["hist_json"].append(path)
+            self._count("histogram_as_json", path)
+            return mp.json_text(value)
+        if path in self.manifest["hist_json"]:
+            return mp.json_text(value)
+        return histogram(counts, edges)
+
+    def _log_step(self, step: int, values: dict[str, Any], stamps: dict[str, int | None]) -> None:
+        known = [t for t in stamps.values() if t is not None]
+        row_ts = min(known) if known else None
+        data = dict(values)
+        for key, ts in stamps.items():
+            if ts != row_ts or ts is None:
+                data[mp.TS_PREFIX + key] = ts
+        if row_ts is not None:
+            data["_timestamp"] = row_ts / 1000
+        try:
+            self.run.log(data, step=int(step))
+        except Exception as exc:
+            raise self._err(f"run.log failed at step {step}: {type(exc).__name__}: {exc}") from None
+
+    def commit(self) -> DestRun:
+        try:
+            self._log_series()
+            manifest = self.files_dir / mp.MANIFEST_PATH
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            manifest.write_text(mp.dumps_manifest(self.manifest), encoding="utf-8")
+            self.run.save(str(manifest), base_path=str(self.files_dir), policy="now")
+            # the completion mark, last
+            self.run.config.update({mp.TRACKPORT_KEY: {"format": mp.MANIFEST_VERSION,
+                                                       "origin": self._origin_json(), "complete": True}},
+                                   allow_val_change=True)
+            url = getattr(self.run, "url", None) if self.sink.mode == "online" else None
+            self.run.finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup()
+        return DestRun(self.run_id, True, url, None)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.run.finish(exit_code=1)
+        except Exception:  # finishing a broken run must not hide the original error
+            log.debug("finish after failure failed", exc_info=True)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._spool is not None:
+            try:
+                self._spool.close()
+                self._sink_file.close()
+            except Exception:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)

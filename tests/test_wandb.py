@@ -1,0 +1,477 @@
+"""W&B connector: offline source (`wandb:PATH`), `.wandb` reader, W&B sink (offline), pluto trap.
+
+Real offline runs are written by the real wandb SDK in a child process
+(wandb_offline_support.py); the source reads them back; the sink writes real offline runs
+that the source reads again.  The MLflow end-to-end test uses the session's real
+`mlflow server`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+import wandb_offline_support as wos
+from support import read_plain_export, run_cli, runs_by_id
+from trackport.connectors.wandb import mapping as mp
+from trackport.connectors.wandb.datastore import BLOCK_SIZE, LogReader, write_log
+from trackport.testing.corpus import build_corpus
+from trackport.testing.exporter_layout import write_exporter_export
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def offline_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wandb-runs")
+    wos.make_runs(root)
+    return root
+
+
+def _run_dir(root: Path, run_id: str) -> Path:
+    (found,) = sorted((root / "wandb").glob(f"offline-run-*-{run_id}"))
+    return found
+
+
+def _export(src: str, dest: Path, *args: str) -> dict[tuple[str, str], pa.Table]:
+    code, report, out = run_cli("export", src, str(dest), *args)
+    assert code == 0, out
+    return read_plain_export(dest)
+
+
+def _series(table: pa.Table, path: str) -> list[tuple]:
+    rows = table.filter(pc.equal(table.column("attribute_path"), path)).to_pylist()
+    out = []
+    for r in sorted(rows, key=lambda r: r["step"]):
+        value = r["float_value"] if r["attribute_type"] == "float_series" else r["string_value"]
+        ms = None if r["timestamp"] is None else int(r["timestamp"].timestamp() * 1000 + 0.5)
+        out.append((int(r["step"]), ms, value))
+    return out
+
+
+def _singles(table: pa.Table) -> dict[str, tuple[str, object]]:
+    single = table.filter(pc.is_null(table.column("step"))).to_pylist()
+    out = {}
+    for r in single:
+        col = {"int": "int_value", "float": "float_value", "string": "string_value", "bool": "bool_value",
+               "datetime": "datetime_value", "string_set": "string_set_value", "file": "file_value"}[r["attribute_type"]]
+        out[r["attribute_path"]] = (r["attribute_type"], r[col])
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+# ---------------------------------------------------------------------------
+# the offline source
+
+
+def test_offline_runs_arrive_with_every_point_step_and_timestamp(offline_root, tmp_path):
+    tables = _export(f"wandb:{offline_root}", tmp_path / "export")
+    rich = tables[(f"{wos.ENTITY}/{wos.PROJECT}", wos.RICH_ID)]
+    sparse = tables[(f"{wos.ENTITY}/{wos.PROJECT}", wos.SPARSE_ID)]
+
+    # every history point, with its _step and its _timestamp (ms)
+    expected: dict[str, list] = {}
+    for step, values, ts in wos.HISTORY:
+        for key, value in values.items():
+            expected.setdefault(key, []).append((step, round(ts * 1000), float(value) if key != "text" else value))
+    for key, points in expected.items():
+        got = _series(rich, key)
+        assert len(got) == len(points), key
+        for g, e in zip(got, points):
+            assert g[:2] == e[:2] and _same(g[2], e[2]), (key, g, e)
+    types = dict(zip(rich.column("attribute_path").to_pylist(), rich.column("attribute_type").to_pylist()))
+    assert types["text"] == "string_series" and types["lr/ünï"] == "float_series"
+    assert _series(sparse, "x") == [(3, round((wos.BASE_S + 3) * 1000), 1.0), (301, round((wos.BASE_S + 301) * 1000), 3.0)]
+    assert _series(sparse, "y") == [(300, round((wos.BASE_S + 300) * 1000), 2.0)]
+    assert len(_series(rich, mp.RUNTIME_SERIES)) == len(wos.HISTORY) + 1
+    # system metrics (stats records) under monitoring/, stepped 0, 1, 2, ... with their times
+    cpu = _series(sparse, "monitoring/cpu")
+    assert len(cpu) >= 2 and [s for s, _, _ in cpu] == list(range(len(cpu)))
+    assert all(ms is not None for _, ms, _ in cpu) and [ms for _, ms, _ in cpu] == sorted(ms for _, ms, _ in cpu)
+
+    # config and summary keep their types; lists and None as declared JSON text
+    single = _singles(rich)
+    assert single["config/optimizer/lr"] == ("float", 0.001)
+    assert single["config/optimizer/nested/deep"] == ("int", 3)
+    assert single["config/optimizer/betas"] == ("string", "[0.9,0.999]")
+    assert single["config/epochs"] == ("int", 10)
+    assert single["config/flag"] == ("bool", True)
+    assert single["config/nothing"] == ("string", "null")
+    assert single["config/ünï code"] == ("string", "välue")
+    assert single["summary/best"] == ("float", 0.75)
+    assert single["summary/best_epoch"] == ("int", 7)
+    assert single["summary/_step"] == ("int", wos.MEDIA_STEP)
+    # run metadata
+    assert single["sys/name"] == ("string", "rich run")
+    assert single["sys/custom_run_id"] == ("string", wos.RICH_ID)
+    assert single["sys/description"] == ("string", "notes ✓")
+    assert single["sys/tags"] == ("string_set", ["baseline", "ünï"])
+    assert single["sys/group_tags"] == ("string_set", ["grp"])
+    assert single["wandb/job_type"] == ("string", "train")
+    assert single["wandb/state"] == ("string", "finished") and single["sys/failed"] == ("bool", False)
+    assert single["sys/creation_time"][0] == "datetime"
+    assert _singles(sparse)["wandb/exit_code"] == ("int", 3)
+    assert _singles(sparse)["sys/failed"] == ("bool", True)
+
+    # console lines with their stream
+    assert [v for _, _, v in _series(rich, "monitoring/stdout")] == wos.STDOUT_LINES
+    assert [v for _, _, v in _series(rich, "monitoring/stderr")][: len(wos.STDERR_LINES)] == wos.STDERR_LINES
+    assert all(ms is not None for _, ms, _ in _series(rich, "monitoring/stdout"))
+
+    # media: image and table files, the histogram, saved files
+    def at(path):
+        return rich.filter(pc.equal(rich.column("attribute_path"), path)).to_pylist()
+
+    (img,) = at("samples/img")
+    assert img["attribute_type"] == "file_series" and int(img["step"]) == wos.MEDIA_STEP
+    assert img["timestamp"] == datetime.fromtimestamp(wos.BASE_S + 2000, tz=timezone.utc)
+    files_root = next((tmp_path / "export" / "files").iterdir())
+    assert (files_root / img["file_value"]["path"]).read_bytes().startswith(b"\x89PNG")
+    (tab,) = at("tab")
+    assert tab["attribute_type"] == "file_series"
+    assert json.loads((files_root / tab["file_value"]["path"]).read_text())["columns"] == ["a", "b"]
+    (hist,) = at("weights")
+    assert hist["histogram_value"] == {"type": "COUNTING", "edges": [0.0, 1.0, 2.5, 4.0], "values": [1.0, 2.0, 3.0]}
+    (ckpt,) = at("checkpoints/model.ckpt")
+    assert (files_root / ckpt["file_value"]["path"]).read_bytes() == b"checkpoint bytes"
+    (saved,) = at("files/notes.txt")
+    assert (files_root / saved["file_value"]["path"]).read_text() == "a saved text file"
+    assert at("source_code/requirements") and at("wandb/files/output.log")
+
+    # what the source changed on the way is counted in the run's report, under declared kinds
+    code, report, out = run_cli("export", f"wandb:{offline_root}", str(tmp_path / "again"))
+    assert code == 0, out
+    for run_id, run in runs_by_id(report).items():
+        kinds = run["transformations"]
+        assert set(kinds) - {"step_scaled"} <= set(mp.SOURCE_TRANSFORMATIONS)
+        if run_id == wos.RICH_ID:
+            assert kinds["value_to_json"] >= 2 and kinds["media_to_file"] == 2
+            assert kinds["console_lines"] >= len(wos.STDOUT_LINES) + len(wos.STDERR_LINES)
+        else:
+            assert kinds["system_metric_index_step"] >= 1
+
+
+def test_one_run_directory_and_a_folder_holding_wandb_are_sources(offline_root, tmp_path):
+    one = _export(f"wandb:{_run_dir(offline_root, wos.SPARSE_ID)}", tmp_path / "one")
+    assert list(one) == [(f"{wos.ENTITY}/{wos.PROJECT}", wos.SPARSE_ID)]
+    both = _export(f"wandb:{offline_root / 'wandb'}", tmp_path / "both")
+    assert len(both) == 2
+
+
+def test_a_log_cut_mid_record_is_read_to_the_tear_and_reported(offline_root, tmp_path):
+    run_dir = tmp_path / "wandb" / _run_dir(offline_root, wos.SPARSE_ID).name
+    shutil.copytree(_run_dir(offline_root, wos.SPARSE_ID), run_dir, symlinks=True)
+    (log_file,) = run_dir.glob("*.wandb")
+    data = log_file.read_bytes()
+    # cut inside the record that holds the last history row (step 301)
+    from trackport.connectors.wandb.client import internal_pb2
+
+    pb = internal_pb2()
+    for payload in LogReader(log_file):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "history" and record.history.step.num == 301:
+            break
+    else:
+        raise AssertionError("no history record for step 301")
+    cut = data.index(payload) + len(payload) // 2
+    log_file.write_bytes(data[:cut])
+    reader = LogReader(log_file)
+    assert sum(1 for _ in reader) > 0 and reader.tear is not None
+
+    code, report, out = run_cli("export", f"wandb:{tmp_path}", str(tmp_path / "export"))
+    assert code == 0, out
+    (run,) = report["runs"]
+    assert any(str(log_file) in w for w in run["warnings"]), run      # the run's report says so
+    assert set(run["transformations"]) - {"step_scaled"} <= set(mp.SOURCE_TRANSFORMATIONS)
+    table = read_plain_export(tmp_path / "export")[(f"{wos.ENTITY}/{wos.PROJECT}", wos.SPARSE_ID)]
+    single = _singles(table)
+    kind, text = single["wandb/transaction_log_tear"]
+    assert str(log_file) in text and "tear" in text
+    assert single["wandb/state"] == ("string", "crashed")
+    assert [s for s, _, _ in _series(table, "x")] == [3]          # step 301 was past the tear
+    assert [s for s, _, _ in _series(table, "y")] == [300]
+
+
+def test_reader_follows_records_across_blocks_and_stops_at_a_bad_checksum(tmp_path):
+    payloads = [b"a" * 10, os.urandom(BLOCK_SIZE + 100), b"", os.urandom(BLOCK_SIZE * 3), b"tail"]
+    path = tmp_path / "run.wandb"
+    write_log(path, payloads)
+    reader = LogReader(path)
+    assert list(reader) == payloads and reader.tear is None
+
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF                     # corrupt the last payload
+    path.write_bytes(bytes(data))
+    reader = LogReader(path)
+    assert list(reader) == payloads[:-1]
+    assert reader.tear is not None and reader.tear.reason == "checksum mismatch"
+
+
+def test_a_dangling_run_save_symlink_fails_the_run_naming_the_file(offline_root, tmp_path):
+    root = tmp_path / "runs"
+    run_dir = root / "wandb" / _run_dir(offline_root, wos.RICH_ID).name
+    shutil.copytree(_run_dir(offline_root, wos.RICH_ID), run_dir, symlinks=True)
+    link = run_dir / "files" / "model.ckpt"
+    assert link.is_symlink()
+    link.unlink()
+    link.symlink_to(tmp_path / "gone" / "model.ckpt")
+
+    code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "export"))
+    assert code == 1
+    (run,) = report["runs"]
+    assert run["status"] == "failed" and "model.ckpt" in run["error"] and "dangling symlink" in run["error"]
+
+    code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "export2"), "--allow-drops")
+    assert code == 0, out
+    (run,) = report["runs"]
+    assert run["drops"] == {"missing_file": 1}
+
+
+def test_offline_runs_to_mlflow_verify_clean_and_a_rerun_adds_nothing(offline_root, tmp_path, mlflow_server):
+    dest = f"mlflow+{mlflow_server}"
+    args = ["--mlflow-experiment", f"{tmp_path.name}-{{project}}"]
+    code, report, out = run_cli("copy", f"wandb:{offline_root}", dest, *args)
+    assert code == 0, out
+    assert report["totals"]["moved"] == 2
+    rich = runs_by_id(report)[wos.RICH_ID]
+    assert rich["points"] > sum(len(v) for _, v, _ in wos.HISTORY)
+
+    code, report, out = run_cli("verify", f"wandb:{offline_root}", dest, *args)
+    assert code == 0, out
+    assert report["totals"]["verified"] == 2
+
+    code, report, out = run_cli("copy", f"wandb:{offline_root}", dest, *args)
+    assert code == 0, out
+    assert report["totals"]["skipped"] == 2 and report["totals"]["points"] == 0
+
+
+# ---------------------------------------------------------------------------
+# the sink (offline mode)
+
+
+def _small_corpus(tmp_path: Path):
+    corpus = [r for r in build_corpus(big=False) if r.case in ("scalars", "nan_inf", "steps", "files", "fork_child")]
+    src = tmp_path / "src"
+    write_exporter_export(src, corpus, part_rows=7)     # many small parts: series arrive in pieces
+    return corpus, src
+
+
+def test_sink_merges_steps_across_batches_and_reruns_skip_or_repair(tmp_path):
+    corpus, src = _small_corpus(tmp_path)
+    wb = tmp_path / "wb"
+    args = ["--wandb-mode", "offline", "--wandb-dir", str(wb)]
+    code, report, out = run_cli("copy", str(src), "wandb://team/proj", *args)
+    assert code == 0, out
+    assert report["totals"]["moved"] == len(corpus)
+    assert set(report["totals"]["transformations"]) <= set(mp.SINK_TRANSFORMATIONS) | {"step_scaled"}
+
+    # one W&B history row per step, steps increasing, every series point in it
+    steps_run = next(r for r in corpus if r.case == "steps")
+    from trackport.core.registry import open_source
+
+    run_id = mp.dest_run_id(open_source(str(src), {}).uri, steps_run.project_id, steps_run.run_id)
+    (run_dir,) = (wb / "wandb").glob(f"offline-run-*-{run_id}")
+    from trackport.connectors.wandb.client import internal_pb2
+
+    pb = internal_pb2()
+    history_steps = []
+    for payload in LogReader(next(run_dir.glob("*.wandb"))):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "history":
+            history_steps.append(record.history.step.num)
+    assert history_steps == sorted(set(history_steps))
+    stepped = steps_run.table.filter(pc.is_valid(steps_run.table.column("step")))
+    assert len(history_steps) == len(set(stepped.column("step").to_pylist()))
+
+    back = _export(f"wandb:{wb}", tmp_path / "back")
+    for run in corpus:
+        got = back[(run.project_id, run.run_id)]
+        assert got.num_rows == run.table.num_rows, run.case
+
+    # a rerun skips; a run whose completion mark is missing is written again, once
+    code, report, out = run_cli("copy", str(src), "wandb://team/proj", *args)
+    assert code == 0 and report["totals"]["skipped"] == len(corpus), out
+    log_file = next(run_dir.glob("*.wandb"))
+    data = log_file.read_bytes()
+    log_file.write_bytes(data[: data.rindex(b'"complete":true') - 40])   # torn before the mark
+    code, report, out = run_cli("copy", str(src), "wandb://team/proj", *args)
+    assert code == 0, out
+    assert report["totals"]["repaired"] == 1 and report["totals"]["skipped"] == len(corpus) - 1
+    assert len(list((wb / "wandb").glob(f"offline-run-*-{run_id}"))) == 1
+    code, report, out = run_cli("verify", str(src), "wandb://team/proj", *args)
+    assert code == 0 and report["totals"]["verified"] == len(corpus), out
+
+
+# ---------------------------------------------------------------------------
+# the pluto-ml trap (DESIGN.md section 7)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def _any(self):
+        type(self).hits.append(f"{self.command} {self.path}")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = do_PUT = do_PATCH = _any
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def pluto_env(tmp_path):
+    _Recorder.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PLUTO_"))}
+    env.update({"PLUTO_API_KEY": "test-key-not-real", "PLUTO_URL_APP": url, "PLUTO_URL_API": url,
+                "PLUTO_URL_INGEST": url, "PLUTO_URL_PY": url, "PLUTO_PROJECT": "leak",
+                "HOME": str(tmp_path / "home"), "WANDB_SILENT": "true",
+                "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])})
+    yield env
+    server.shutdown()
+    server.server_close()
+
+
+_CHECK = """
+import sys, json
+{setup}
+from trackport.connectors.wandb.client import import_wandb
+wandb = import_wandb()
+from wandb.sdk import wandb_init
+print(json.dumps({{"original": wandb.init is wandb_init.init,
+                  "finder": any(type(f).__name__ == "_PlutoWandbFinder" for f in sys.meta_path)}}))
+"""
+
+
+def _python(env, code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_pluto_hook_is_neutralised_and_a_wandb_copy_sends_nothing_to_pluto(pluto_env, tmp_path):
+    # the trap is real: a plain `import wandb` with Pluto credentials gets a patched wandb.init
+    plain = _python(pluto_env, "import json, wandb\nfrom wandb.sdk import wandb_init\n"
+                               "print(json.dumps({'original': wandb.init is wandb_init.init}))")
+    assert plain == {"original": False}
+    # our client removes the hook before importing wandb ...
+    assert _python(pluto_env, _CHECK.format(setup="")) == {"original": True, "finder": False}
+    # ... and restores wandb if something imported (and patched) it first
+    assert _python(pluto_env, _CHECK.format(setup="import wandb")) == {"original": True, "finder": False}
+
+    # a real copy into W&B (offline) in a fresh process with Pluto credentials: nothing reaches Pluto
+    corpus = [r for r in build_corpus(big=False) if r.case in ("scalars", "string_series")]
+    src = tmp_path / "src"
+    write_exporter_export(src, corpus, part_rows=1000)
+    wb = tmp_path / "wb"
+    out = subprocess.run([sys.executable, "-m", "trackport", "copy", str(src), "wandb://team/proj",
+                          "--wandb-mode", "offline", "--wandb-dir", str(wb), "--json", "--no-progress"],
+                         env=pluto_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["totals"]["moved"] == len(corpus)
+    assert len(list((wb / "wandb").glob("offline-run-*"))) == len(corpus)
+    assert _Recorder.hits == []
+
+
+def test_online_find_run_only_reads_the_server(tmp_path, monkeypatch):
+    """Online mode's find_run asks the real `wandb.Api` (at a local server of the API helper's)."""
+    from trackport.core.model import Origin
+    from trackport.core.registry import open_sink
+    from wandb_server import FakeRun, WandbServer
+
+    done = Origin("parquet:/exports/a", "team/p", "run-1")
+    partial = Origin("parquet:/exports/a", "team/p", "run-2")
+    absent = Origin("parquet:/exports/a", "team/p", "run-3")
+
+    def fake(origin, complete):
+        return FakeRun(id=mp.dest_run_id(origin.uri, origin.project_id, origin.run_id), display_name="x",
+                       config={mp.TRACKPORT_KEY: {"origin": {"uri": origin.uri, "project_id": origin.project_id,
+                                                             "run_id": origin.run_id}, "complete": complete}})
+
+    key = "tp-test-wandb-key-0123456789abcdef0123456789"
+    server = WandbServer(key, {"acme": {"dest": [fake(done, True), fake(partial, False)]}}).start()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    try:
+        sink = open_sink("wandb://acme/dest", {"wandb_mode": "online"})
+        found = sink.find_run(done)
+        assert found is not None and found.complete and found.id == fake(done, True).id
+        found = sink.find_run(partial)
+        assert found is not None and not found.complete
+        assert sink.find_run(absent) is None
+        operations = server.operations()
+        assert "Run" in operations
+        assert not any(op.startswith(("Upsert", "Create", "Delete", "Update")) for op in operations), operations
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------
+# the pure mapping, with payloads as W&B writes them
+
+
+def test_mapping_of_values_keys_and_files():
+    hits: dict[str, int] = {}
+    rows = mp.config_rows(mp.unwrap_api_config({"opt": {"value": {"lr": 0.1, "n": 2**70}, "desc": None},
+                                                "_wandb": {"value": {"cli_version": "0.31.0"}}}), hits)
+    assert rows == [mp.Row("config/opt/lr", "float", 0.1), mp.Row("config/opt/n", "string", str(2**70)),
+                    mp.Row("wandb/config/_wandb/cli_version", "string", "0.31.0")]
+    assert hits == {"int_to_string": 1}
+
+    hits = {}
+    packed = {"_type": "histogram", "values": [1, 2], "packedBins": {"min": 0.0, "size": 0.5, "count": 2}}
+    assert mp.history_points("h", packed, hits) == [
+        mp.HistoryPoint("h", "histogram_series", {"type": "COUNTING", "edges": [0.0, 0.5, 1.0], "values": [1.0, 2.0]})]
+    image = {"_type": "image-file", "path": "media/images/a_1_x.png", "width": 2}
+    points = mp.history_points("img", image, hits)
+    assert points[0] == mp.HistoryPoint("img", "file_series", "media/images/a_1_x.png")
+    assert points[1].path == "wandb/media/img" and json.loads(points[1].value) == image
+    assert mp.history_points("n", {"a": {"b": True}}, hits) == [mp.HistoryPoint("n.a.b", "float_series", 1.0)]
+    assert mp.history_points("_runtime", 1.5, hits) == [mp.HistoryPoint(mp.RUNTIME_SERIES, "float_series", 1.5)]
+    assert mp.history_points("x", None, hits) == []
+    assert mp.history_points("l", [1, "a"], hits) == [mp.HistoryPoint("l", "string_series", '[1,"a"]')]
+    assert hits == {"media_to_file": 1, "history_nested_key": 2, "bool_to_float": 1,
+                    "history_null_skipped": 1, "history_json_value": 1}
+
+    assert mp.system_metric_path("system.gpu.0.temp") == "monitoring/gpu.0.temp"
+    assert mp.system_metric_path("cpu") == "monitoring/cpu"
+    assert mp.classify_file("requirements.txt") == ("source_code/requirements", "file")
+    assert mp.classify_file("code/train.py") == ("source_code/files/train.py", "file")
+    assert mp.classify_file("model.ckpt") == ("checkpoints/model.ckpt", "file")
+    assert mp.classify_file("wandb-metadata.json") == ("wandb/files/wandb-metadata.json", "file")
+    assert mp.classify_file("out/plot.png") == ("files/out/plot.png", "file")
+
+    run_id = mp.dest_run_id("parquet:/x", "ws/p", "RUN-1")
+    assert run_id == mp.dest_run_id("parquet:/x", "ws/p", "RUN-1") != mp.dest_run_id("parquet:/y", "ws/p", "RUN-1")
+    assert len(run_id) == 16 and set(run_id) <= set(mp.RUN_ID_ALPHABET)
+    assert mp.ms_from_seconds(1714521600.001) == 1714521600001
