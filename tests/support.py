@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 
 from trackport.cli import cli
 from trackport.core.schema import COLUMNS
+from trackport.testing.corpus import CorpusRun
 
 
 def run_cli(*args: str) -> tuple[int, dict, str]:
@@ -59,3 +62,15 @@ def read_plain_export(root: Path) -> dict[tuple[str, str], pa.Table]:
             ident = (table.column("project_id")[0].as_py(), table.column("run_id")[0].as_py())
             out[ident] = table
     return out
+
+
+@dataclass
+class Target:
+    """How one destination takes part in the suite."""
+
+    dest: str                                   # the destination URI
+    args: list[str] = field(default_factory=list)  # extra CLI options for every command
+    back: str | None = None                     # source URI that reads the destination back (default: dest)
+    # The input after the destination's declared transformations (default: unchanged).
+    expect: Callable[[CorpusRun], pa.Table] | None = None
+    verify_exit: int = 0                        # a lossy destination may make verify report declared differences

@@ -4,34 +4,19 @@ The corpus goes from a neptune-exporter export through each destination and
 back through the matching source; the result must equal the input after only
 the destination's declared transformations.  A rerun creates no duplicates.
 Adding a connector = adding one entry to TARGETS: a function
-`(tmp_path, request) -> Target` (it may live in the connector's test module).
+`(tmp_path, request) -> support.Target` (it may live in the connector's test support module).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
-
-import pyarrow as pa
 import pytest
 
-from support import canonical_rows, read_plain_export, run_cli
+import neptune_support
+import wandb_offline_support
+from support import Target, canonical_rows, read_plain_export, run_cli
 from trackport.core.registry import open_sink
-from trackport.testing.corpus import CorpusRun, build_corpus
+from trackport.testing.corpus import build_corpus
 from trackport.testing.exporter_layout import write_exporter_export
-
-
-@dataclass
-class Target:
-    """How one destination takes part in the suite."""
-
-    dest: str                                   # the destination URI
-    args: list[str] = field(default_factory=list)  # extra CLI options for every command
-    back: str | None = None                     # source URI that reads the destination back (default: dest)
-    # The input after the destination's declared transformations (default: unchanged).
-    expect: Callable[[CorpusRun], pa.Table] | None = None
-    verify_exit: int = 0                        # a lossy destination may make verify report declared differences
 
 
 def _parquet(tmp_path, request):
@@ -60,10 +45,24 @@ def declared_transformations(dest: str) -> frozenset[str]:
         sink.close()
 
 
+def _tensorboard(tmp_path, request):
+    # exact round trip: what TensorBoard cannot hold natively is kept in the run's mark
+    return Target(f"tensorboard:{tmp_path / 'dest-logdir'}")
+
+
+def _pluto(tmp_path, request):
+    return request.getfixturevalue("pluto_server").conformance_target(tmp_path)
+
+
 TARGETS = {
     "parquet": _parquet,
     "mlflow-sqlite": _mlflow_sqlite,
     "mlflow-server": _mlflow_server,
+    "tensorboard": _tensorboard,
+    "pluto": _pluto,
+    "wandb-offline": lambda tmp_path, request: wandb_offline_support.conformance_target(tmp_path),
+    "neptune2-offline": lambda tmp_path, request: neptune_support.conformance_target(tmp_path, "2"),
+    "neptune3-offline": lambda tmp_path, request: neptune_support.conformance_target(tmp_path, "3"),
 }
 
 

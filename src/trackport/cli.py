@@ -48,7 +48,7 @@ def shared_options(fn):
 
 
 def _connector_option(spec):
-    kinds = {"int": click.IntRange(1), "float": click.FloatRange(0), "str": None}
+    kinds = {"int": click.IntRange(1), "count": click.IntRange(0), "float": click.FloatRange(0), "str": None}
     if spec.kind == "flag":
         return click.option(spec.flag, spec.name, is_flag=True, default=None, envvar=list(spec.envvar) or None,
                             help=spec.help)
@@ -231,6 +231,7 @@ def plan(src, dst, **kw):
         _note_incomplete_sources(source, report)
     finally:
         source.close()
+        sink.close()
     ctx.finish(report)
 
 
@@ -248,6 +249,7 @@ def verify(src, dst, **kw):
         run_verify(source, sink, ctx.select, report, workers=kw["workers"], progress=ctx.progress())
     finally:
         source.close()
+        sink.close()
     ctx.finish(report)
 
 

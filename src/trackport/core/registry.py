@@ -27,7 +27,7 @@ class ConnectorOption:
 
     flag: str
     help: str
-    kind: str = "str"                 # "str", "int", "float" or "flag"
+    kind: str = "str"                 # "str", "int" (>= 1), "count" (>= 0), "float" or "flag"
     choices: tuple[str, ...] = ()
     envvar: tuple[str, ...] = ()
 
@@ -58,14 +58,67 @@ _SPECS = (
     ConnectorSpec("wandb", "trackport.connectors.wandb", "wandb", ("wandb",),
                   "wandb://ENTITY[/PROJECT] (W&B API, WANDB_BASE_URL), wandb:PATH (offline run files)",
                   options=(ConnectorOption("--wandb-mode", "W&B destination mode: online (default) or offline "
-                                           "(run files for `wandb sync`).", choices=("online", "offline")),)),
+                                           "(run files for `wandb sync`).", choices=("online", "offline")),
+                           ConnectorOption("--wandb-dir", "Where W&B offline runs are written "
+                                           "(DIR/wandb/offline-run-*; default $WANDB_DIR, else the "
+                                           "current directory).", envvar=("WANDB_DIR",)))),
     ConnectorSpec("neptune", "trackport.connectors.neptune", "neptune", ("neptune",),
                   "neptune:PATH (offline .neptune data), neptune2://WORKSPACE/PROJECT, neptune3://WORKSPACE/PROJECT",
-                  aliases=("neptune2", "neptune3")),
+                  aliases=("neptune2", "neptune3"),
+                  options=(ConnectorOption("--neptune-mode", "Neptune destination mode: async (default, needs "
+                                           "NEPTUNE_API_TOKEN) or offline (data for `neptune sync`).",
+                                           choices=("async", "offline")),
+                           ConnectorOption("--neptune-data-dir", "Neptune destination data directory (absolute; "
+                                           "default ./.neptune).", envvar=("NEPTUNE_DATA_DIRECTORY",)),
+                           ConnectorOption("--neptune-project", "Project id given to neptune: offline 2.x runs, "
+                                           "which record none (default 'offline')."),
+                           ConnectorOption("--neptune-keep-all", "W&B -> Neptune: keep what the original script "
+                                           "leaves out ('_' keys, artifact/, media/, config.yaml, wandb-*).",
+                                           "flag"),
+                           ConnectorOption("--neptune-project-include", "neptune2://WORKSPACE, neptune3://WORKSPACE: "
+                                           "only projects whose name matches one of these comma-separated regexes."),
+                           ConnectorOption("--neptune-project-exclude", "neptune2://WORKSPACE, neptune3://WORKSPACE: "
+                                           "skip projects whose name matches one of these comma-separated regexes."),
+                           ConnectorOption("--neptune-nql", "Neptune API sources: NQL query selecting the runs "
+                                           "(passed to the server as it is)."),
+                           ConnectorOption("--neptune-archived", "Neptune API sources: also read archived "
+                                           "(trashed) runs.", "flag"),
+                           ConnectorOption("--neptune-metric-previews", "neptune3:// source: also read metric "
+                                           "preview points (left out by default, as neptune-exporter does).",
+                                           "flag"))),
     ConnectorSpec("pluto", "trackport.connectors.pluto", "pluto", ("pluto",),
-                  "pluto://PROJECT (or pluto:// for the source project); PLUTO_API_KEY"),
+                  "pluto://PROJECT (or pluto:// for the source project); PLUTO_API_KEY",
+                  options=(
+                      ConnectorOption("--pluto-host", "Self-hosted Pluto: a host (SDK ports 3000/3001/3003/3004) "
+                                      "or one base URL serving every endpoint (default: PLUTO_URL_* or the cloud)."),
+                      ConnectorOption("--pluto-batch-rows", "Pluto: source rows handled at once, and series/log lines per ingest request (default 10000).",
+                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_BATCH_ROWS",)),
+                      ConnectorOption("--pluto-flush-every", "Pluto: metric points per ingest request (default 1000).",
+                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_FLUSH_EVERY",)),
+                      ConnectorOption("--pluto-file-chunk-size", "Pluto: files per upload chunk (default 100).",
+                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_FILE_CHUNK_SIZE",)),
+                      ConnectorOption("--pluto-file-chunk-sleep", "Pluto: seconds to pause between file chunks "
+                                      "(default 0).", "float", envvar=("NEPTUNE_EXPORTER_PLUTO_FILE_CHUNK_SLEEP",)),
+                      ConnectorOption("--pluto-max-files-per-run", "Pluto: cap on files per run, 0 = none (default); "
+                                      "files over the cap are reported as dropped.", "count",
+                                      envvar=("NEPTUNE_EXPORTER_PLUTO_MAX_FILES_PER_RUN",)),
+                      ConnectorOption("--pluto-log-every", "Pluto: keep 1 metric point in N (default 1 = every "
+                                      "point); the others are reported as dropped.", "int",
+                                      envvar=("NEPTUNE_EXPORTER_PLUTO_LOG_EVERY",)),
+                  )),
     ConnectorSpec("tensorboard", "trackport.connectors.tensorboard", "tensorboard", ("tensorboard",),
-                  "tensorboard:LOGDIR (event files)"),
+                  "tensorboard:LOGDIR (event files)",
+                  options=(ConnectorOption("--tensorboard-run-depth",
+                                           "TensorBoard source: runs are the directories this many levels below "
+                                           "LOGDIR; deeper event directories become attribute prefixes "
+                                           "(default: every directory holding event files is a run).", "int"),
+                           ConnectorOption("--tensorboard-subdirs-as-prefixes",
+                                           "TensorBoard source: event directories below a run directory "
+                                           "(train/, validation/) stay in that run as attribute prefixes.",
+                                           "flag"),
+                           ConnectorOption("--tensorboard-project",
+                                           "TensorBoard source: project id of its runs (default: LOGDIR's "
+                                           "name)."))),
 )
 
 CONNECTORS: dict[str, ConnectorSpec] = {
