@@ -193,6 +193,15 @@ def test_bad_key_and_missing_project_are_clear(wandb_server, tmp_path, monkeypat
     assert wandb_server.rejected_auth >= 1
     monkeypatch.delenv("WANDB_API_KEY")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    # wandb's process-wide settings keep the key the first call of this process read from
+    # WANDB_API_KEY (wbauth/authenticate.py `_use_system_auth` falls back to them); a fresh
+    # CLI process starts without it.
+    from trackport.connectors.wandb.client import import_wandb
+
+    import_wandb()
+    from wandb.sdk.lib.wbauth import authenticate
+
+    authenticate.unauthenticate_session(update_settings=True)
     code, _report, output = run_cli("export", "wandb://entity/proj-a", str(tmp_path / "z"))
     assert code == 2 and "no W&B credentials" in output and "WANDB_API_KEY" in output
 

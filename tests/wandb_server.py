@@ -19,16 +19,34 @@ The server caps every page (`page_cap`) so that listing runs, projects and
 files spans several pages, serves a 429 with `Retry-After` to the
 operations counted in `rate_limits` (that many times each), and records
 every request.
+
+It also takes the WRITE path of an online `wandb.init` / `run.log` /
+`run.save` / `run.finish` (what wandb-core sends, logged from the real SDK
+0.31 and the query texts in `wandb/bin/wandb-core`; see
+core/internal/runbranch/resume.go and core/internal/filestream/ in wandb/wandb):
+- `RunResumeStatus` (does the run exist; its config, summary, line counts and
+  history tail for a resume), `UpsertBucket` (create/update a run: name,
+  notes, tags, group, job type, the whole config each time);
+- `CreateRunFiles` -> an upload URL per file, then `PUT` of the bytes there;
+- `POST /files/ENTITY/PROJECT/RUN/file_stream`: JSON chunks
+  `{"files": {"wandb-history.jsonl" | "wandb-events.jsonl" | "output.log":
+  {"offset": N, "content": [line, ...]}, "wandb-summary.json": {...}},
+  "uploaded": [...], "complete": true, "exitcode": 0}`;
+- `POST /sdk/otel/...` (the SDK's own telemetry): accepted and ignored.
+What arrives is stored in the run (FakeRun) so that the read queries above
+serve it back, and each run keeps `write_log`, the order things arrived in.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import re
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote
@@ -65,6 +83,11 @@ class FakeRun:
     sweep_name: str | None = None
     parquet_until: int | None = None    # steps below this come from a parquet export
     events_max_samples: int = 10_000    # what the server's events(samples:) returns at most
+    # written through the SDK's online path
+    wandb_config: dict[str, Any] = field(default_factory=dict)    # config `_wandb` (SDK bookkeeping)
+    console: list[str] = field(default_factory=list)               # output.log lines
+    history_lines_received: int = 0                                # every history line ever posted
+    write_log: list[tuple[str, Any]] = field(default_factory=list)  # (what, detail) in arrival order
 
     @property
     def last_step(self) -> int:
@@ -270,6 +293,128 @@ class WandbServer:
             "fileCount": len(run.files),
             "files": {"edges": edges, "pageInfo": {"endCursor": str(end), "hasNextPage": more}}}}}
 
+    # -- the SDK's write path ------------------------------------------------------------
+    def upload_url(self, entity: str, project: str, run_id: str, name: str) -> str:
+        return f"{self.url}/upload/{quote(entity)}/{quote(project)}/{quote(run_id)}/{quote(name)}"
+
+    def _op_RunResumeStatus(self, v: dict) -> dict:
+        entity, project = v.get("entity") or next(iter(self.entities), "entity"), v.get("project") or ""
+        run = self._run({"entity": entity, "project": project, "name": v.get("name")})
+        bucket = None
+        if run is not None:
+            wrapped = {k: {"value": val} for k, val in run.config.items()}
+            wrapped["_wandb"] = {"value": run.wandb_config}
+            bucket = {
+                "id": base64.b64encode(f"Run:{run.id}".encode()).decode(), "name": run.id,
+                "summaryMetrics": json.dumps(run.summary), "displayName": run.display_name,
+                "logLineCount": len(run.console), "historyLineCount": len(run.history),
+                "eventsLineCount": len(run.events),
+                "historyTail": json.dumps([json.dumps(r) for r in run.history[-10:]]),
+                "eventsTail": json.dumps([json.dumps(r) for r in run.events[-10:]]),
+                "config": json.dumps(wrapped), "tags": list(run.tags), "notes": run.notes,
+                # wandb-core treats a run without `t` in it as not started (runbranch/resume.go runExists)
+                "wandbConfig": json.dumps({"t": run.wandb_config.get("t", {})}),
+            }
+        return {"model": {"id": "UHJvamVjdDox", "name": project,
+                          "entity": {"id": "RW50aXR5OjE=", "name": entity}, "bucket": bucket}}
+
+    def _by_storage_id(self, storage_id: str) -> tuple[str, str, str] | None:
+        """(entity, project, run id) of a run's GraphQL id (`Run.update()` and its summary
+        write name the run by that id only; wandb/apis/public/summary.py HTTPSummary._write)."""
+        try:
+            run_id = base64.b64decode(storage_id).decode().removeprefix("Run:")
+        except ValueError:
+            return None
+        for entity, projects in self.entities.items():
+            for project, runs in projects.items():
+                if any(r.id == run_id for r in runs):
+                    return entity, project, run_id
+        return None
+
+    def _op_UpsertBucket(self, v: dict) -> dict:
+        if not v.get("name") and v.get("id"):
+            found = self._by_storage_id(v["id"])
+            if found is None:
+                raise KeyError("UpsertBucket of an unknown run id")
+            v = {**v, "entity": found[0], "project": found[1], "name": found[2]}
+        entity = v.get("entity") or next(iter(self.entities), "entity")
+        project = v.get("project") or "uncategorized"
+        with self._lock:
+            runs = self.entities.setdefault(entity, {}).setdefault(project, [])
+            run = next((r for r in runs if r.id == v["name"]), None)
+            inserted = run is None
+            if inserted:
+                run = FakeRun(id=v["name"], display_name=v.get("displayName") or v["name"], state="running",
+                              created_at=_now_iso(), heartbeat_at=_now_iso())
+                runs.append(run)
+            for attr, var in (("display_name", "displayName"), ("group", "groupName"), ("job_type", "jobType"),
+                              ("commit", "commit"), ("state", "state")):
+                if v.get(var) is not None:
+                    setattr(run, attr, v[var])
+            if v.get("notes") is not None or v.get("description") is not None:
+                run.notes = v.get("notes") if v.get("notes") is not None else v.get("description")
+            if v.get("tags") is not None:
+                run.tags = list(v["tags"])
+            if v.get("config") is not None:
+                config = {k: (val.get("value") if isinstance(val, dict) else val)
+                          for k, val in json.loads(v["config"]).items()}
+                run.wandb_config = config.pop("_wandb", None) or run.wandb_config
+                run.config = config
+            if v.get("summaryMetrics") is not None:
+                run.summary = json.loads(v["summaryMetrics"])
+            run.write_log.append(("upsert", json.loads(json.dumps(run.config))))
+            wrapped = json.dumps({k: {"value": val} for k, val in run.config.items()})
+        return {"upsertBucket": {"inserted": inserted, "bucket": {
+            "id": base64.b64encode(f"Run:{run.id}".encode()).decode(), "name": run.id,
+            "displayName": run.display_name, "description": run.notes, "config": wrapped, "sweepName": None,
+            "historyLineCount": len(run.history),
+            "project": {"id": "UHJvamVjdDox", "name": project, "entity": {"id": "RW50aXR5OjE=", "name": entity}}}}}
+
+    def _op_CreateRunFiles(self, v: dict) -> dict:
+        return {"createRunFiles": {
+            "runID": base64.b64encode(f"Run:{v['run']}".encode()).decode(), "uploadHeaders": [],
+            "files": [{"name": name, "uploadUrl": self.upload_url(v["entity"], v["project"], v["run"], name)}
+                      for name in v["files"]]}}
+
+    def _write_run(self, entity: str, project: str, run_id: str) -> FakeRun | None:
+        return self._run({"entity": entity, "project": project, "name": run_id})
+
+    def receive_upload(self, entity: str, project: str, run_id: str, name: str, data: bytes) -> bool:
+        with self._lock:
+            run = self._write_run(entity, project, run_id)
+            if run is None:
+                return False
+            run.files[name] = data
+            run.write_log.append(("file", name))
+            return True
+
+    def receive_file_stream(self, entity: str, project: str, run_id: str, body: dict) -> bool:
+        """Apply one file_stream chunk (core/internal/filestream/filestreamrequest.go)."""
+        with self._lock:
+            run = self._write_run(entity, project, run_id)
+            if run is None:
+                return False
+            for name, chunk in (body.get("files") or {}).items():
+                offset, lines = int(chunk["offset"]), list(chunk["content"])
+                if name == "wandb-history.jsonl":
+                    run.history[offset:offset + len(lines)] = [json.loads(line) for line in lines]
+                    run.history_lines_received += len(lines)
+                    run.write_log.append(("history", len(lines)))
+                elif name == "wandb-events.jsonl":
+                    run.events[offset:offset + len(lines)] = [json.loads(line) for line in lines]
+                elif name == "wandb-summary.json":
+                    run.summary = json.loads(lines[-1])
+                    run.write_log.append(("summary", run.summary))
+                elif name == "output.log":
+                    run.console[offset:offset + len(lines)] = lines
+                    run.files["output.log"] = "".join(line + "\n" for line in run.console).encode()
+            run.heartbeat_at = _now_iso()
+            if body.get("complete"):
+                code = body.get("exitcode")
+                run.state = "finished" if code == 0 else "failed"
+                run.write_log.append(("complete", code))
+            return True
+
     # -- HTTP -----------------------------------------------------------------------
     def _handler(self):
         server = self
@@ -300,9 +445,41 @@ class WandbServer:
                     return False
                 return user_key.partition(":")[2] == server.api_key
 
-            def do_POST(self):
+            def _body(self) -> bytes:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                return raw
+
+            def _write_path(self, prefix: str) -> list[str] | None:
+                parts = [unquote(p) for p in self.path.split("?")[0].split("/") if p]
+                return parts[1:] if parts and parts[0] == prefix else None
+
+            def do_PUT(self):
+                raw = self._body()
+                parts = self._write_path("upload")
+                if parts and len(parts) >= 4 and server.receive_upload(*parts[:3], "/".join(parts[3:]), raw):
+                    server._record("PUT", f"upload:{'/'.join(parts[3:])}", 200)
+                    return self._send(200, b"", "text/plain")
+                server._record("PUT", self.path, 404)
+                return self._send(404, b"not found", "text/plain")
+
+            def do_POST(self):
+                raw = self._body()
+                if self.path.startswith("/sdk/otel/"):
+                    return self._send(200, b"", "application/x-protobuf")    # the SDK's telemetry
+                parts = self._write_path("files")
+                if parts and len(parts) == 4 and parts[3] == "file_stream":
+                    if not self._authorized():
+                        server.rejected_auth += 1
+                        server._record("POST", "file_stream", 401)
+                        return self._send(401, b'{"error":"unauthorized"}')
+                    if server.receive_file_stream(*parts[:3], json.loads(raw or b"{}")):
+                        server._record("POST", "file_stream", 200)
+                        return self._send(200, b'{"exitcode": null, "limits": {}}')
+                    server._record("POST", "file_stream", 404)
+                    return self._send(404, b'{"error":"run not found"}')
                 if self.path.rstrip("/") != "/graphql":
                     server._record("POST", self.path, 404)
                     return self._send(404, b'{"errors":[{"message":"not found"}]}')
@@ -358,6 +535,10 @@ class WandbServer:
     @property
     def _current_query(self) -> str:
         return getattr(self._local, "query", "")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 def _sample(rows: list, samples: int) -> list:

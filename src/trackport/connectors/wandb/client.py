@@ -85,8 +85,23 @@ def wandb_init(**kwargs):
     return init(**kwargs)
 
 
+def current_base_url() -> str | None:
+    """WANDB_BASE_URL as it is NOW.
+
+    wandb reads its environment once per process (the `wandb.setup()` singleton,
+    wandb/sdk/wandb_init.py `warn_env_vars_change_after_setup`: later changes "will be
+    ignored"), so the sink and `find_online_run` pass the server explicitly: a second
+    copy in the same process (library use, tests) goes where the environment says.
+    """
+    import os
+
+    return (os.environ.get("WANDB_BASE_URL") or "").strip().rstrip("/") or None
+
+
 def settings(**kwargs):
     wandb = import_wandb()
+    if kwargs.get("mode") == "online" and "base_url" not in kwargs and current_base_url():
+        kwargs["base_url"] = current_base_url()
     return wandb.Settings(**kwargs)
 
 
@@ -99,14 +114,16 @@ def histogram(counts: list[float], edges: list[float]):
 def find_online_run(entity: str, project: str, run_id: str) -> dict | None:
     """The config of W&B run ENTITY/PROJECT/RUN_ID on the server, None when it does not exist.
 
-    Read-only (`wandb.Api().run`).  Not exercised by the tests (no W&B server here);
-    the API source's local test server could cover it.
+    Read-only (`wandb.Api().run`, the GraphQL `Run` query); tested against the local
+    server of tests/wandb_server.py (tests/test_wandb_online.py).
     """
     wandb = import_wandb()
     from trackport.core.errors import TransientError
 
+    base = current_base_url()
     try:
-        run = wandb.Api().run(f"{entity}/{project}/{run_id}")
+        api = wandb.Api(overrides={"base_url": base} if base else None)
+        run = api.run(f"{entity}/{project}/{run_id}")
     except wandb.errors.CommError as exc:
         text = str(exc).lower()
         if "not found" in text or "could not find" in text or "404" in text:
@@ -115,3 +132,17 @@ def find_online_run(entity: str, project: str, run_id: str) -> dict | None:
     except ValueError:
         return None
     return dict(run.config or {})
+
+
+def mark_online_run(entity: str, project: str, run_id: str, key: str, value: Any) -> None:
+    """Set config KEY = VALUE on the (finished) W&B run ENTITY/PROJECT/RUN_ID.
+
+    `wandb.Api().run(...)` then `Run.update()` (wandb/apis/public/runs.py): one
+    `UpsertBucket` with the run's whole config, then its summary written back unchanged.
+    """
+    wandb = import_wandb()
+    base = current_base_url()
+    api = wandb.Api(overrides={"base_url": base} if base else None)
+    run = api.run(f"{entity}/{project}/{run_id}")
+    run.config[key] = value
+    run.update()

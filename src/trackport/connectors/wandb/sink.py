@@ -15,6 +15,11 @@ How one run is written (mapping.py has the encoding):
    `run.log({...}, step=s)` per step with every value of that step and `_timestamp`;
    then saves `trackport/manifest.json`, sets config `_trackport.complete = true`
    LAST, and finishes the run.
+   Online, wandb-core sends a config change at once (GraphQL `UpsertBucket`) but
+   batches history into its file_stream, so a mark set before `finish()` would reach
+   the server BEFORE the history; the run is therefore finished first (everything
+   flushed, file_stream `complete`), then the mark is set on the finished run through
+   the public API (`wandb.Api().run(...)`, `Run.update()`).
 W&B accepts only increasing steps per run, hence the spool: nothing is dropped for
 arriving out of order.
 """
@@ -26,6 +31,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,21 +133,37 @@ class WandbSink(Sink):
                 for run_dir in resume.locator.run_dirs:
                     shutil.rmtree(run_dir)
             else:
+                # W&B keeps the steps a run already has and drops a step logged again at or
+                # below its last one (wandb-core resumes at the server's last _step + 1), so a
+                # partial run cannot be completed from the start without losing points.
                 raise RunError(
                     f"W&B run {self.entity}/{self.project_for(plan.origin)}/{resume.id} was left "
-                    "incomplete by an earlier copy; W&B cannot take its steps again: delete that run "
-                    "in W&B and rerun", project_id=plan.ref.project_id, run_id=plan.ref.run_id)
+                    "incomplete by an earlier copy (no completion mark `_trackport.complete` in its "
+                    "config); W&B would drop the steps it already holds if logged again, so trackport "
+                    "does not write into it. Fix: delete that run in W&B and rerun the copy (or copy "
+                    "into another project)", project_id=plan.ref.project_id, run_id=plan.ref.run_id)
         return WandbRunWriter(self, plan)
 
     def as_source(self):
         if self.mode != "offline":
-            raise NotImplementedError("reading back an online W&B destination needs the API source "
-                                      "(wandb://ENTITY/PROJECT)")
+            # online: the API source (WANDB_BASE_URL, WANDB_API_KEY), which decodes runs
+            # trackport wrote through their manifest
+            from .api_source import WandbApiSource, parse_target
+            from trackport.core.registry import ParsedUri
+
+            path = f"{self.entity}/{self.project}" if self.project else self.entity
+            target = parse_target(ParsedUri("wandb", f"//{path}", f"wandb://{path}"))
+            return WandbApiSource(target, self.options)
         from .source import WandbOfflineSource
 
         return WandbOfflineSource(self.base_dir, self.options)
 
     def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
+        if self.mode != "offline":
+            from .api_source import Locator as ApiLocator
+
+            return RunRef(origin.project_id, origin.run_id,
+                          ApiLocator(self.entity, self.project_for(origin), dest.id))
         from .source import Locator
 
         for run_dir in self._offline_dirs(self.run_id_for(origin)):
@@ -217,6 +239,7 @@ class WandbRunWriter(RunWriter):
         self._counted: set[tuple[str, str]] = set()
         self._files_n = 0
         self._closed = False
+        self._finished = False   # online: the SDK run finished, only the mark is left
         self.run = self._init()
         self.files_dir = Path(self.run.dir)
 
@@ -233,14 +256,22 @@ class WandbRunWriter(RunWriter):
 
     # -- init ------------------------------------------------------------------
 
+    def _settings(self):
+        from .client import settings
+
+        return settings(
+            mode=self.sink.mode, x_disable_meta=True, x_disable_machine_info=True, save_code=False,
+            x_disable_stats=True, console="off", x_save_requirements=False, disable_git=True,
+            silent=True, reinit="create_new",
+        )
+
     def _init(self):
-        from .client import settings, wandb_init
+        from .client import wandb_init
 
         scan = self.plan.scan
         config = {path: mp.single_json(kind, value) for path, (kind, value) in sorted(scan.values.items())
                   if value is not None}
-        config[mp.TRACKPORT_KEY] = {"format": mp.MANIFEST_VERSION, "origin": self._origin_json(),
-                                    "complete": False}
+        config[mp.TRACKPORT_KEY] = self._mark(False)
         tags = []
         for tag in scan.value(mp.TAGS) or []:
             if tag and len(tag) <= mp.MAX_TAG_LENGTH:
@@ -253,11 +284,7 @@ class WandbRunWriter(RunWriter):
         if scan.value(mp.FORK_PARENT):
             self._count("fork_recorded", mp.FORK_PARENT)
         self.sink.base_dir.mkdir(parents=True, exist_ok=True)
-        wb_settings = settings(
-            mode=self.sink.mode, x_disable_meta=True, x_disable_machine_info=True, save_code=False,
-            x_disable_stats=True, console="off", x_save_requirements=False, disable_git=True,
-            silent=True, reinit="create_new",
-        )
+        wb_settings = self._settings()
         try:
             return wandb_init(
                 id=self.run_id, project=self.sink.project_for(self.origin), entity=self.sink.entity,
@@ -452,23 +479,63 @@ class WandbRunWriter(RunWriter):
             manifest.parent.mkdir(parents=True, exist_ok=True)
             manifest.write_text(mp.dumps_manifest(self.manifest), encoding="utf-8")
             self.run.save(str(manifest), base_path=str(self.files_dir), policy="now")
-            # the completion mark, last
-            self.run.config.update({mp.TRACKPORT_KEY: {"format": mp.MANIFEST_VERSION,
-                                                       "origin": self._origin_json(), "complete": True}},
-                                   allow_val_change=True)
             url = getattr(self.run, "url", None) if self.sink.mode == "online" else None
-            self.run.finish()
+            if self.sink.mode == "online":
+                # everything on the server first (history, files, file_stream `complete`) ...
+                self.run.finish()
+                self._finished = True
+                # ... then the completion mark, last, through the public API
+                self._mark_online()
+                self._remove_local_run_dir()
+            else:
+                # offline: the log is written in order, the mark is its last config record
+                self.run.config.update({mp.TRACKPORT_KEY: self._mark(True)}, allow_val_change=True)
+                self.run.finish()
         except BaseException:
             self.abort()
             raise
         self._cleanup()
         return DestRun(self.run_id, True, url, None)
 
+    def _mark(self, complete: bool) -> dict:
+        return {"format": mp.MANIFEST_VERSION, "origin": self._origin_json(), "complete": complete}
+
+    def _mark_online(self, attempts: int = 5) -> None:
+        """Config `_trackport.complete = true` on the finished run (`Run.update()`).
+
+        Retried here: a run finished without its mark is refused by later copies."""
+        from .client import mark_online_run
+
+        for attempt in range(1, attempts + 1):
+            try:
+                mark_online_run(self.sink.entity, self.sink.project_for(self.origin), self.run_id,
+                                mp.TRACKPORT_KEY, self._mark(True))
+                return
+            except Exception as exc:  # the SDK raises many kinds (CommError, ...)
+                if attempt == attempts:
+                    raise self._err(
+                        f"the run was written but its completion mark could not be set "
+                        f"({type(exc).__name__}: {exc}); set config {mp.TRACKPORT_KEY}.complete = true "
+                        f"on W&B run {self.run_id} once its data is checked, or delete it and rerun") from None
+                log.warning("W&B run %s: setting the completion mark failed (%s); retrying",
+                            self.run_id, type(exc).__name__)
+                time.sleep(2.0 ** (attempt - 1))
+
+    def _remove_local_run_dir(self) -> None:
+        """Online: the SDK's local copy of the uploaded run (`DIR/wandb/run-*-ID`, with a copy
+        of every file) is not needed once the server has it all and the mark is set."""
+        run_dir = self.files_dir.parent
+        wandb_dir = (self.sink.base_dir / "wandb").resolve()
+        if run_dir.name.startswith("run-") and run_dir.name.endswith(f"-{self.run_id}") and \
+                run_dir.resolve().parent == wandb_dir and not run_dir.is_symlink():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
     def abort(self) -> None:
         if self._closed:
             return
         try:
-            self.run.finish(exit_code=1)
+            if not self._finished:
+                self.run.finish(exit_code=1)
         except Exception:  # finishing a broken run must not hide the original error
             log.debug("finish after failure failed", exc_info=True)
         self._cleanup()
