@@ -27,7 +27,7 @@ from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.registry import parse_uri
 from trackport.core.report import RunReport
 from trackport.core.schema import DEST_STEP, PARAM_TYPES, SCHEMA, STEPPED_TYPES, rows_to_table
-from trackport.core.steps import StepConverter
+from trackport.core.steps import StepConverter, decimal_steps
 from trackport.connectors.mlflow import mapping as mp
 
 UTC = timezone.utc
@@ -118,7 +118,7 @@ def test_steps_exact():
         7_500_000, -120_010_000, 100_000_000, 1]
     back = mp.unscaled_from_dest(np.array([750, -12001, 10_000]), 100)
     assert back.tolist() == [7_500_000, -120_010_000, 100_000_000]
-    arr = mp.decimal_steps(back, np.array([True, True, False]))
+    arr = decimal_steps(back, np.array([True, True, False]))
     assert arr.to_pylist() == [Decimal("7.5"), Decimal("-120.01"), None]
     assert arr.type == pa.decimal128(18, 6)
 
@@ -634,7 +634,7 @@ def test_big_series_streams_in_parallel(server_sink):
     table = pa.table({
         "project_id": pa.array([project] * n), "run_id": pa.array(["R"] * n),
         "attribute_path": pa.array(["loss"] * n), "attribute_type": pa.array(["float_series"] * n),
-        "step": mp.decimal_steps(np.arange(n, dtype=np.int64) * 10**6),
+        "step": decimal_steps(np.arange(n, dtype=np.int64) * 10**6),
         "timestamp": pa.array(np.arange(n) + t0, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
         "float_value": pa.array(np.random.default_rng(1).random(n)),
     })

@@ -25,6 +25,31 @@ _DENOM = 10**STEP_SCALE
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+MAX_UNSCALED = 10**18 - 1   # the largest magnitude of a decimal(18,6) step, in millionths
+
+
+def decimal_steps(unscaled: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """decimal(18,6) steps from int64 millionths, null where `valid` is False.
+
+    Built from the decimal's two 64-bit words directly: Arrow's int64 ->
+    decimal(18,6) cast wants precision 25, and no float or Decimal is involved.
+    """
+    unscaled = np.ascontiguousarray(unscaled, dtype=np.int64)
+    if unscaled.size and int(np.abs(unscaled).max()) > MAX_UNSCALED:
+        raise OverflowError(f"step {int(np.abs(unscaled).max())} millionths does not fit decimal(18,6)")
+    words = np.empty((unscaled.size, 2), dtype="<i8")
+    words[:, 0] = unscaled
+    words[:, 1] = unscaled >> 63
+    validity, nulls = None, 0
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        nulls = int(unscaled.size - valid.sum())
+        if nulls:
+            validity = pa.py_buffer(np.packbits(valid, bitorder="little").tobytes())
+    return pa.Array.from_buffers(STEP_TYPE, unscaled.size, [validity, pa.py_buffer(words.tobytes())],
+                                 null_count=nulls)
+
+
 def unscaled(steps: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Steps as int64 millionths (nulls become 0; use the validity mask separately)."""
     if isinstance(steps, pa.ChunkedArray):

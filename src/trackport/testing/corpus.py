@@ -41,10 +41,10 @@ import pyarrow as pa
 from trackport.core.schema import (
     SCHEMA,
     STEP_SCALE,
-    STEP_TYPE,
     TIMESTAMP_TYPE,
     VALUE_COLUMN,
 )
+from trackport.core.steps import decimal_steps
 
 CORPUS_PROJECT = "trackport-tests/corpus"
 SEED = 20261123
@@ -95,25 +95,10 @@ def micro_steps(values: Iterable[str | int | Decimal]) -> np.ndarray:
 def steps_array(micro: np.ndarray | Sequence[int | None]) -> pa.Array:
     """decimal128(18,6) from int64 millionths (None -> null), without floats."""
     if isinstance(micro, np.ndarray) and micro.dtype.kind in "iu":
-        low = micro.astype(np.int64, copy=False)
-        mask = None
-    else:
-        items = list(micro)
-        mask = np.array([v is None for v in items], dtype=bool)
-        low = np.array([0 if v is None else v for v in items], dtype=np.int64)
-    if np.any(np.abs(low) >= 10**18):
-        raise ValueError("step does not fit decimal(18,6)")
-    words = np.empty((len(low), 2), dtype="<i8")
-    words[:, 0] = low
-    words[:, 1] = np.where(low < 0, -1, 0)
-    validity = None
-    null_count = 0
-    if mask is not None and mask.any():
-        validity = pa.py_buffer(np.packbits(~mask, bitorder="little").tobytes())
-        null_count = int(mask.sum())
-    return pa.Array.from_buffers(
-        STEP_TYPE, len(low), [validity, pa.py_buffer(words.tobytes())], null_count=null_count
-    )
+        return decimal_steps(micro)
+    items = list(micro)
+    valid = np.array([v is not None for v in items], dtype=bool)
+    return decimal_steps(np.array([0 if v is None else v for v in items], dtype=np.int64), valid)
 
 
 def timestamps_array(ms: np.ndarray | Sequence[int]) -> pa.Array:

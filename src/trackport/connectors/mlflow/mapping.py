@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.core.capabilities import Capabilities
-from trackport.core.schema import STEP_SCALE, STEP_TYPE
+from trackport.core.schema import STEP_SCALE
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -462,20 +462,6 @@ def unscaled_from_dest(dest: np.ndarray, multiplier: int) -> np.ndarray:
         return dest * factor
     # A multiplier that does not divide 10**6: exact rational, floored to millionths.
     return np.array([(int(d) * _DENOM) // multiplier for d in dest.tolist()], dtype=np.int64)
-
-
-def decimal_steps(unscaled: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """A decimal128(18,6) array from int64 millionths (no float, no Python Decimal)."""
-    unscaled = np.ascontiguousarray(unscaled, dtype=np.int64)
-    if unscaled.size and int(np.abs(unscaled).max()) > 10**18 - 1:
-        raise OverflowError("step does not fit decimal(18,6)")
-    words = np.empty((unscaled.size, 2), dtype="<i8")
-    words[:, 0] = unscaled
-    words[:, 1] = unscaled >> 63
-    arr = pa.Array.from_buffers(STEP_TYPE, unscaled.size, [None, pa.py_buffer(words.tobytes())])
-    if valid is not None and not valid.all():
-        arr = pc.if_else(pa.array(valid), arr, pa.nulls(unscaled.size, STEP_TYPE))
-    return arr
 
 
 def point_identity(steps: np.ndarray, timestamps: np.ndarray, values: np.ndarray) -> np.ndarray:

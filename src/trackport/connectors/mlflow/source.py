@@ -32,6 +32,7 @@ from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
 from trackport.core.schema import SCHEMA, STEP_SCALE, TIMESTAMP_TYPE, VALUE_COLUMN, rows_to_table
+from trackport.core.steps import decimal_steps
 
 from . import mapping as mp
 from .client import Tracking, errors, is_missing
@@ -411,7 +412,7 @@ class _RunReader:
             ts_arr = pa.array(ts, pa.int64(), mask=~ts_valid).cast(TIMESTAMP_TYPE)
             yield self._columns(
                 n, path, "float_series",
-                step=mp.decimal_steps(unscaled, step_valid),
+                step=decimal_steps(unscaled, step_valid),
                 timestamp=ts_arr,
                 float_value=pa.array(values, pa.float64()),
             )

@@ -27,7 +27,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from trackport.core.errors import UsageError
 from trackport.core.model import Selection
@@ -38,11 +37,11 @@ from trackport.core.schema import (
     HISTOGRAM_TYPE,
     SCHEMA,
     STEP_SCALE,
-    STEP_TYPE,
     TIMESTAMP_TYPE,
     VALUE_COLUMN,
     rows_to_table,
 )
+from trackport.core.steps import decimal_steps
 
 GENERATIONS = {"neptune2": 2, "neptune3": 3}
 CLASSES_PARAMS = tuple(sorted(PARAM_TYPES))
@@ -268,14 +267,7 @@ def steps_from_float(steps: np.ndarray) -> pa.Array:
     scaled[valid] = np.round(steps[valid] * 10**STEP_SCALE)
     if valid.any() and np.abs(scaled[valid]).max() > MAX_UNSCALED_STEP:
         raise OverflowError("a step does not fit decimal(18,6)")
-    unscaled = scaled.astype(np.int64)
-    words = np.empty((unscaled.size, 2), dtype="<i8")
-    words[:, 0] = unscaled
-    words[:, 1] = unscaled >> 63
-    arr = pa.Array.from_buffers(STEP_TYPE, unscaled.size, [None, pa.py_buffer(words.tobytes())])
-    if not valid.all():
-        arr = pc.if_else(pa.array(valid), arr, pa.nulls(unscaled.size, STEP_TYPE))
-    return arr
+    return decimal_steps(scaled.astype(np.int64), valid)
 
 
 def _timestamps(ms: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:

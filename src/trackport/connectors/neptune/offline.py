@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, UsageError
 from trackport.core.model import RunRef, Selection
-from trackport.core.schema import FILE_TYPES, SCHEMA, STEP_TYPE, TIMESTAMP_TYPE, VALUE_COLUMN, conform
+from trackport.core.schema import FILE_TYPES, SCHEMA, TIMESTAMP_TYPE, VALUE_COLUMN, conform
+from trackport.core.steps import decimal_steps
 
 from . import mapping as mp
 
@@ -109,16 +110,8 @@ class RunBuilder:
 
 
 def _steps(values: list) -> pa.Array:
-    mask = np.array([v is None for v in values], dtype=bool)
-    low = np.array([0 if v is None else v for v in values], dtype=np.int64)
-    words = np.empty((len(low), 2), dtype="<i8")
-    words[:, 0] = low
-    words[:, 1] = np.where(low < 0, -1, 0)
-    validity = None
-    if mask.any():
-        validity = pa.py_buffer(np.packbits(~mask, bitorder="little").tobytes())
-    return pa.Array.from_buffers(STEP_TYPE, len(low), [validity, pa.py_buffer(words.tobytes())],
-                                 null_count=int(mask.sum()))
+    valid = np.array([v is not None for v in values], dtype=bool)
+    return decimal_steps(np.array([0 if v is None else v for v in values], dtype=np.int64), valid)
 
 
 def _ts(values: list) -> pa.Array:

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from trackport.core.capabilities import Capabilities
 from trackport.core.layout import safe  # noqa: F401  (re-exported for the source)
-from trackport.core.schema import STEP_SCALE, STEP_TYPE
+from trackport.core.schema import STEP_SCALE
+from trackport.core.steps import decimal_steps
 
 MARKER = "trackport-run.json"          # completion mark + exact attribute manifest, written last
 ORIGIN_FILE = "trackport-origin.json"  # written first: whose run this directory is
@@ -260,15 +261,7 @@ def step_array(steps: np.ndarray, valid: np.ndarray | None, multiplier: int) -> 
         raise ValueError(f"step multiplier {multiplier} is not a power of ten up to 10**6")
     if steps.size and int(np.abs(steps).max()) > _MAX_UNSCALED // factor:
         raise OverflowError(f"step {int(np.abs(steps).max())} does not fit decimal(18,6)")
-    low = steps * factor
-    words = np.empty(2 * len(low), dtype="<i8")
-    words[0::2] = low
-    words[1::2] = np.where(low < 0, -1, 0)
-    mask = None
-    if valid is not None and not valid.all():
-        mask = pa.array(valid, pa.bool_()).buffers()[1]
-    return pa.Array.from_buffers(STEP_TYPE, len(low), [mask, pa.py_buffer(words.tobytes())],
-                                 null_count=-1 if mask is not None else 0)
+    return decimal_steps(steps * factor, valid)
 
 
 def step_text(step: Decimal | None) -> str | None:

@@ -52,11 +52,11 @@ from trackport.core.schema import (
     FILE_TYPES,
     HISTOGRAM_TYPE,
     SCHEMA,
-    STEP_TYPE,
     TIMESTAMP_TYPE,
     VALUE_COLUMN,
     rows_to_table,
 )
+from trackport.core.steps import decimal_steps
 
 from . import mapping as mp
 from .api import EVENTS_SAMPLES   # a constant; api.py imports wandb only inside its functions
@@ -404,10 +404,7 @@ def integer_steps(steps: list) -> pa.Array:
         if units and max(abs(u) for u in units) > 10**18 - 1:
             raise OverflowError("step does not fit a decimal(18,6) step")
         scaled = np.asarray(units, dtype=np.int64)
-    words = np.empty((scaled.size, 2), dtype="<i8")
-    words[:, 0] = scaled
-    words[:, 1] = scaled >> 63
-    return pa.Array.from_buffers(STEP_TYPE, scaled.size, [None, pa.py_buffer(words.tobytes())])
+    return decimal_steps(scaled)
 
 
 _SERIES_TYPES = frozenset({"float_series", "string_series", "histogram_series", "file_series"})
