@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 class TrackportError(Exception):
     """Base of all errors raised on purpose by trackport."""
@@ -40,3 +42,18 @@ class RunError(TrackportError):
             where = f"{where}, file {file}" if where else f"file {file}"
         super().__init__(f"{where}: {message}" if where else message)
         self.reason = message
+
+
+@contextlib.contextmanager
+def translated(classify, *context):
+    """Run a block that calls an SDK; an exception `classify(exc, *context)` maps to a
+    trackport error is raised as that error (our own errors pass through unchanged)."""
+    try:
+        yield
+    except (RunError, TransientError, UsageError):
+        raise
+    except Exception as exc:
+        mapped = classify(exc, *context)
+        if mapped is exc:
+            raise
+        raise mapped from None

@@ -157,6 +157,64 @@ def rows_to_table(rows: Iterable[Mapping], extra: Mapping[str, object] | None = 
     return pa.Table.from_pydict(cols, schema=SCHEMA)
 
 
+class SeriesColumns:
+    """Series points gathered one at a time (a log replay, an SDK's point objects),
+    turned into one canonical table per batch: one list per column, no dict rows.
+
+    `add` puts the value in its type's column (a file_series value is the file's
+    path); `weight` roughly counts the 8-byte cells held, to bound a batch's memory.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.path: list[str] = []
+        self.type: list[str] = []
+        self.step: list = []
+        self.ts: list[int | None] = []
+        self.float: list[float | None] = []
+        self.string: list[str | None] = []
+        self.hist: list[dict | None] = []
+        self.file: list[dict | None] = []
+        self.weight = 0
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def add(self, path: str, kind: str, step, ts_ms: int | None, value) -> None:
+        self.path.append(path)
+        self.type.append(kind)
+        self.step.append(step)
+        self.ts.append(ts_ms)
+        self.float.append(value if kind == "float_series" else None)
+        self.string.append(value if kind == "string_series" else None)
+        self.hist.append(value if kind == "histogram_series" else None)
+        self.file.append({"path": value} if kind == "file_series" else None)
+        if kind == "string_series" and value is not None:
+            self.weight += len(value) // 8
+        elif kind == "histogram_series" and value is not None:
+            self.weight += len(value["edges"]) + len(value["values"])
+
+    def table(self, project_id: str, run_id: str, steps: pa.Array) -> pa.Table:
+        """The canonical table; `steps` is the step column the caller built from `self.step`."""
+        n = len(self.path)
+        arrays = {
+            "project_id": pa.array([project_id] * n, pa.string()),
+            "run_id": pa.array([run_id] * n, pa.string()),
+            "attribute_path": pa.array(self.path, pa.string()),
+            "attribute_type": pa.array(self.type, pa.string()),
+            "step": steps,
+            "timestamp": pa.array(self.ts, pa.int64()).cast(TIMESTAMP_TYPE),
+            "float_value": pa.array(self.float, pa.float64()),
+            "string_value": pa.array(self.string, pa.string()),
+            "histogram_value": pa.array(self.hist, HISTOGRAM_TYPE),
+            "file_value": pa.array(self.file, FILE_TYPE),
+        }
+        return pa.Table.from_arrays([arrays[f.name] if f.name in arrays else pa.nulls(n, f.type)
+                                     for f in SCHEMA], schema=SCHEMA)
+
+
 def filter_types(table: pa.Table, types: Iterable[str]) -> pa.Table:
     mask = pc.is_in(table.column("attribute_type"), value_set=pa.array(sorted(types), pa.string()))
     return table.filter(mask)

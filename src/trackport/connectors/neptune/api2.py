@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from trackport.core.errors import RunError, TransientError, UsageError
+from trackport.core.errors import RunError, TransientError, UsageError, translated
 from trackport.core.model import Selection
 
 from . import api_mapping as am
@@ -71,17 +71,8 @@ def classify(exc: BaseException, project_id: str = "", run_id: str = "") -> Exce
     return exc  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
 def errors(project_id: str = "", run_id: str = ""):
-    try:
-        yield
-    except (RunError, TransientError, UsageError):
-        raise
-    except Exception as exc:
-        mapped = classify(exc, project_id, run_id)
-        if mapped is exc:
-            raise
-        raise mapped from None
+    return translated(classify, project_id, run_id)
 
 
 def _quiet() -> None:

@@ -24,7 +24,7 @@ from trackport.core.capabilities import Capabilities
 from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
-from trackport.core.schema import HISTOGRAM_TYPE, SCHEMA, TIMESTAMP_TYPE, VALUE_COLUMN, rows_to_table
+from trackport.core.schema import VALUE_COLUMN, SeriesColumns, rows_to_table
 
 from . import mapping as mp
 from . import reader
@@ -308,59 +308,6 @@ def extract_blob(blob: Blob) -> bytes:
     raise ValueError(f"unknown blob kind {blob.kind}")
 
 
-class _Rows:
-    """Column lists for one batch of series points."""
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self.path: list[str] = []
-        self.type: list[str] = []
-        self.step: list[int] = []
-        self.ts: list[int | None] = []
-        self.float: list[float | None] = []
-        self.string: list[str | None] = []
-        self.hist: list[dict | None] = []
-        self.file: list[dict | None] = []
-        self.weight = 0           # rough count of 8-byte cells held, to bound a batch's memory
-
-    def add(self, path: str, typ: str, step: int, ts: int | None, *, f=None, s=None, h=None, file=None):
-        if s is not None:
-            self.weight += len(s) // 8
-        if h is not None:
-            self.weight += len(h["edges"]) + len(h["values"])
-        self.path.append(path)
-        self.type.append(typ)
-        self.step.append(step)
-        self.ts.append(ts)
-        self.float.append(f)
-        self.string.append(s)
-        self.hist.append(h)
-        self.file.append(None if file is None else {"path": file})
-
-    def __len__(self) -> int:
-        return len(self.path)
-
-    def table(self, project_id: str, run_id: str, multiplier: int) -> pa.Table:
-        n = len(self.path)
-        steps = mp.step_array(np.asarray(self.step, dtype=np.int64), None, multiplier)
-        arrays = {
-            "project_id": pa.array([project_id] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "attribute_path": pa.array(self.path, pa.string()),
-            "attribute_type": pa.array(self.type, pa.string()),
-            "step": steps,
-            "timestamp": pa.array(self.ts, pa.int64()).cast(TIMESTAMP_TYPE),
-            "float_value": pa.array(self.float, pa.float64()),
-            "string_value": pa.array(self.string, pa.string()),
-            "histogram_value": pa.array(self.hist, HISTOGRAM_TYPE),
-            "file_value": pa.array(self.file, SCHEMA.field("file_value").type),
-        }
-        cols = [arrays[f.name] if f.name in arrays else pa.nulls(n, f.type) for f in SCHEMA]
-        return pa.Table.from_arrays(cols, schema=SCHEMA)
-
-
 class _RunReader:
     """One pass over a run's event files: rows (when `emit`) and the index of embedded files."""
 
@@ -369,7 +316,7 @@ class _RunReader:
         self.run = run
         self.loc = loc
         self.emit = emit
-        self.rows = _Rows()
+        self.rows = SeriesColumns()
         self.blobs: dict[str, Blob] = {}
         self.params: dict[str, tuple[str, Any]] = {}
         self.first_wall: float | None = None
@@ -396,7 +343,8 @@ class _RunReader:
 
     def _flush(self) -> pa.Table:
         try:
-            table = self.rows.table(self.run.project_id, self.run.run_id, self.multiplier)
+            table = self.rows.table(self.run.project_id, self.run.run_id,
+                                    mp.step_array(np.asarray(self.rows.step, dtype=np.int64), None, self.multiplier))
         except (OverflowError, ValueError) as exc:
             raise self._err(f"{exc}; fix: steps beyond 10**12 cannot be held by the canonical format") from None
         self.rows.clear()
@@ -440,10 +388,10 @@ class _RunReader:
             status = self.P.Event.DESCRIPTOR.fields_by_name["session_log"].message_type \
                 .fields_by_name["status"].enum_type.values_by_number[log_msg.status].name
             text = status + (f": {log_msg.msg}" if log_msg.msg else "")
-            self.rows.add(f"{prefix}tensorboard/session_log", "string_series", step, ts, s=text)
+            self.rows.add(f"{prefix}tensorboard/session_log", "string_series", step, ts, text)
         elif what == "log_message" and self.emit:
             self.rows.add(f"{prefix}tensorboard/log_message", "string_series", step, ts,
-                          s=event.log_message.message)
+                          event.log_message.message)
 
     def _value(self, value, index: int, step: int, ts: int | None, file: Path, offset: int,
                prefix: str, plugins: dict[str, str]) -> None:
@@ -459,12 +407,12 @@ class _RunReader:
             return
         if kind == "simple_value":
             if self.emit:
-                self.rows.add(path, "float_series", step, ts, f=float(value.simple_value))
+                self.rows.add(path, "float_series", step, ts, float(value.simple_value))
         elif kind == "histo":
             if self.emit:
                 h = mp.histogram_from_proto(value.histo.min, value.histo.bucket_limit, value.histo.bucket)
                 h["type"] = self.hist_types.get(path, h["type"])
-                self.rows.add(path, "histogram_series", step, ts, h=h)
+                self.rows.add(path, "histogram_series", step, ts, h)
         elif kind == "image":
             ext = (mp.image_kind(value.image.encoded_image_string) or ("png",))[0] if self.emit else "png"
             self._blob(path, step, ts, Blob(file, offset, index, "image"), ext)
@@ -480,19 +428,19 @@ class _RunReader:
             if not self.emit:
                 return
             if plugin == mp.SCALARS:
-                self.rows.add(path, "float_series", step, ts, f=reader.tensor_scalar(value.tensor))
+                self.rows.add(path, "float_series", step, ts, reader.tensor_scalar(value.tensor))
                 return
             if plugin == mp.TEXT and len(value.tensor.string_val) == 1:
                 self.rows.add(path, "string_series", step, ts,
-                              s=value.tensor.string_val[0].decode("utf-8", "replace"))
+                              value.tensor.string_val[0].decode("utf-8", "replace"))
                 return
             array = reader.tensor_to_array(value.tensor)
             if plugin == mp.HISTOGRAMS:
                 h = mp.histogram_from_tensor(array)
                 h["type"] = self.hist_types.get(path, h["type"])
-                self.rows.add(path, "histogram_series", step, ts, h=h)
+                self.rows.add(path, "histogram_series", step, ts, h)
             else:
-                self.rows.add(path, "string_series", step, ts, s=mp.text_value(array))
+                self.rows.add(path, "string_series", step, ts, mp.text_value(array))
         elif plugin == mp.IMAGES:
             dims = value.tensor.tensor_shape.dim
             count = max(0, (dims[0].size if dims else 0) - 2)
@@ -523,7 +471,7 @@ class _RunReader:
             if single:
                 self.params[attr] = ("file", {"path": path})
             else:
-                self.rows.add(attr, "file_series", step, ts, file=path)
+                self.rows.add(attr, "file_series", step, ts, path)
 
     def _hparams(self, content: bytes, prefix: str) -> None:
         data = self.P.HParamsPluginData.FromString(content)

@@ -47,15 +47,7 @@ from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, TransientError, UsageError
 from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.registry import ParsedUri
-from trackport.core.schema import (
-    FILE_TYPE,
-    FILE_TYPES,
-    HISTOGRAM_TYPE,
-    SCHEMA,
-    TIMESTAMP_TYPE,
-    VALUE_COLUMN,
-    rows_to_table,
-)
+from trackport.core.schema import FILE_TYPES, VALUE_COLUMN, SeriesColumns, rows_to_table
 from trackport.core.steps import decimal_steps
 
 from . import mapping as mp
@@ -341,50 +333,6 @@ class ApiRunFiles(FileAccess):
         return sum(inside) if inside and None not in inside else None
 
 
-class _Columns:
-    """Series points as column lists, turned into one canonical table at a time."""
-
-    def __init__(self):
-        self.path: list = []
-        self.type: list = []
-        self.step: list = []
-        self.ts: list = []
-        self.float: list = []
-        self.string: list = []
-        self.hist: list = []
-        self.file: list = []
-
-    def __len__(self) -> int:
-        return len(self.path)
-
-    def add(self, path: str, kind: str, step: int, ts_ms: int | None, value: Any) -> None:
-        self.path.append(path)
-        self.type.append(kind)
-        self.step.append(step)
-        self.ts.append(ts_ms)
-        self.float.append(value if kind == "float_series" else None)
-        self.string.append(value if kind == "string_series" else None)
-        self.hist.append(value if kind == "histogram_series" else None)
-        self.file.append({"path": value} if kind == "file_series" else None)
-
-    def table(self, project_id: str, run_id: str) -> pa.Table:
-        n = len(self.path)
-        arrays = {
-            "project_id": pa.array([project_id] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "attribute_path": pa.array(self.path, pa.string()),
-            "attribute_type": pa.array(self.type, pa.string()),
-            "step": integer_steps(self.step),
-            "timestamp": pa.array(self.ts, pa.int64()).cast(TIMESTAMP_TYPE),
-            "float_value": pa.array(self.float, pa.float64()),
-            "string_value": pa.array(self.string, pa.string()),
-            "histogram_value": pa.array(self.hist, HISTOGRAM_TYPE),
-            "file_value": pa.array(self.file, FILE_TYPE),
-        }
-        return pa.Table.from_arrays([arrays[f.name] if f.name in arrays else pa.nulls(n, f.type)
-                                     for f in SCHEMA], schema=SCHEMA)
-
-
 _MAX_STEP = (10**18 - 1) // 10**6   # the largest integer a decimal(18,6) step holds
 
 
@@ -456,16 +404,16 @@ class _RunReader:
         self.hits: dict[str, int] = {}
         self.drops: Counter = Counter()
         self.details: dict[str, Any] = {}
-        self.cols = _Columns()
+        self.cols = SeriesColumns()
         self.media_files: set[str] = set()   # run files a history point refers to
 
     def notes(self) -> dict[str, Any]:
         return {"transformations": dict(self.hits), "drops": dict(self.drops), "details": dict(self.details)}
 
     def _flush(self) -> pa.Table:
-        cols, self.cols = self.cols, _Columns()
+        cols, self.cols = self.cols, SeriesColumns()
         try:
-            return cols.table(self.ref.project_id, self.ref.run_id)
+            return cols.table(self.ref.project_id, self.ref.run_id, integer_steps(cols.step))
         except OverflowError as exc:
             raise self._err(f"{exc}; W&B steps beyond 10**12 cannot be exported") from None
 

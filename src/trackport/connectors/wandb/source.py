@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -29,11 +29,11 @@ from trackport.core.errors import RunError, UsageError
 from trackport.core.model import RunRef, Selection
 from trackport.core.schema import (
     FILE_TYPE,
-    HISTOGRAM_TYPE,
     SCHEMA,
     STEP_TYPE,
     TIMESTAMP_TYPE,
     VALUE_COLUMN,
+    SeriesColumns,
     rows_to_table,
 )
 
@@ -205,52 +205,6 @@ def _ms_of(timestamp) -> int:
     return timestamp.seconds * 1000 + timestamp.nanos // 1_000_000
 
 
-@dataclass
-class _Columns:
-    """Column lists of one batch of series points."""
-
-    path: list = field(default_factory=list)
-    type: list = field(default_factory=list)
-    step: list = field(default_factory=list)
-    ts: list = field(default_factory=list)
-    float: list = field(default_factory=list)
-    string: list = field(default_factory=list)
-    hist: list = field(default_factory=list)
-    file: list = field(default_factory=list)
-
-    def add(self, path: str, kind: str, step: int, ts_ms: int | None, value: Any, file_prefix: str) -> None:
-        self.path.append(path)
-        self.type.append(kind)
-        self.step.append(step)
-        self.ts.append(ts_ms)
-        self.float.append(value if kind == "float_series" else None)
-        self.string.append(value if kind == "string_series" else None)
-        self.hist.append(value if kind == "histogram_series" else None)
-        self.file.append({"path": file_prefix + value} if kind == "file_series" else None)
-
-    def __len__(self) -> int:
-        return len(self.path)
-
-    def table(self, project_id: str, run_id: str) -> pa.Table:
-        n = len(self.path)
-        steps = _steps_array(self.step)
-        ts = pa.array(self.ts, pa.int64()).cast(TIMESTAMP_TYPE)
-        arrays = {
-            "project_id": pa.array([project_id] * n, pa.string()),
-            "run_id": pa.array([run_id] * n, pa.string()),
-            "attribute_path": pa.array(self.path, pa.string()),
-            "attribute_type": pa.array(self.type, pa.string()),
-            "step": steps,
-            "timestamp": ts,
-            "float_value": pa.array(self.float, pa.float64()),
-            "string_value": pa.array(self.string, pa.string()),
-            "histogram_value": pa.array(self.hist, HISTOGRAM_TYPE),
-            "file_value": pa.array(self.file, FILE_TYPE),
-        }
-        cols = [arrays[f.name] if f.name in arrays else pa.nulls(n, f.type) for f in SCHEMA]
-        return pa.Table.from_arrays(cols, schema=SCHEMA)
-
-
 class Replay:
     """One pass over a run's records, yielding canonical tables."""
 
@@ -262,7 +216,7 @@ class Replay:
         self.run_id = ref.run_id
         self.file_prefix = f"{loc.run_dir.name}/files/"
         self.hits: dict[str, int] = {}
-        self.cols = _Columns()
+        self.cols = SeriesColumns()
         self.config: dict = {}
         self.summary: dict = {}
         self.info = mp.RunInfo(run_id="")
@@ -315,11 +269,12 @@ class Replay:
                      ", ".join(f"{k} x{v}" for k, v in sorted(self.hits.items())))
 
     def _flush(self) -> pa.Table:
-        cols, self.cols = self.cols, _Columns()
-        return cols.table(self.project_id, self.run_id)
+        cols, self.cols = self.cols, SeriesColumns()
+        return cols.table(self.project_id, self.run_id, _steps_array(cols.step))
 
     def _add(self, path: str, kind: str, step: int, ts_ms: int | None, value: Any) -> None:
-        self.cols.add(path, kind, step, ts_ms, value, self.file_prefix)
+        """A series point; a media file's path is relative to the run's files/."""
+        self.cols.add(path, kind, step, ts_ms, self.file_prefix + value if kind == "file_series" else value)
 
     # -- records ----------------------------------------------------------------
 
@@ -399,7 +354,7 @@ class Replay:
             points = self.decoder.history_row(row, ts_ms, int(step))
             step = self.decoder.step(int(step))
             for path, kind, ts, value in points:
-                self.cols.add(path, kind, step, ts, value, self.file_prefix)
+                self._add(path, kind, step, ts, value)
             return
         for key, value in row.items():
             for point in mp.history_points(key, value, self.hits):
@@ -424,7 +379,7 @@ class Replay:
             self.stats_index[path] = index + 1
             if index == 0:
                 self.hits["system_metric_index_step"] = self.hits.get("system_metric_index_step", 0) + 1
-            self.cols.add(path, "float_series", index, ts_ms, float(value), self.file_prefix)
+            self.cols.add(path, "float_series", index, ts_ms, float(value))
 
     def _on_output_raw(self, output) -> None:
         if self.decoder is not None:
