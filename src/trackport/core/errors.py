@@ -23,11 +23,19 @@ class MissingExtraError(UsageError):
 
 
 class TransientError(TrackportError):
-    """Worth retrying: the same call may succeed later."""
+    """Worth retrying: the same call may succeed later.
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    `retry_after`: seconds the server asked to wait.  `throttled`: the server is rate
+    limiting or overloaded (429/503), so every worker hitting it should pause, not only
+    this one (default: whenever it gave a Retry-After).  `exhausted`: a retry loop already
+    gave up on it (core/retry.py): outer loops pass it on instead of retrying it again.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+        self.throttled = retry_after is not None if throttled is None else throttled
+        self.exhausted = False
 
 
 class RunError(TrackportError):

@@ -1,4 +1,21 @@
-"""Retrying transient errors: jittered exponential backoff shared by the workers of one command."""
+"""Retrying transient errors: jittered exponential backoff, bounded, shared per endpoint.
+
+- What is retried: TransientError (rate limits, 5xx, dropped connections), raised by
+  connectors; everything else passes through at once.
+- Bound: at most `max_attempts` calls, and no retry later than `budget_s` seconds after
+  the call's first failure; then a RunError naming the run, the attempts, the time, the
+  limits and the last error (or, with `final=False`, as connectors use it, the last
+  TransientError marked `exhausted`, which no outer loop retries again: nested loops never
+  multiply the bound).
+- Delay: the server's Retry-After when it gave one (capped at RETRY_AFTER_CAP_S), else
+  BASE_DELAY_S * 2**(attempt-1) capped at MAX_DELAY_S, both jittered.
+- Sharing: a *throttled* error (429/503, or any error carrying Retry-After) pauses every
+  caller of the same endpoint key (e.g. "mlflow 127.0.0.1:5000") in this process until the
+  delay is over, so parallel workers back off together instead of hammering a limit.
+  Other transient errors (a dropped connection, a 500) delay only the caller that hit them.
+- Settings: process-wide defaults (`configure`, set by the CLI from --retry-max-attempts /
+  --retry-max-seconds) used by connectors; the pipeline passes its own values explicitly.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import RunError, TransientError
@@ -13,41 +31,145 @@ from .model import RunRef
 
 log = logging.getLogger("trackport")
 
+BASE_DELAY_S = 0.5
+MAX_DELAY_S = 30.0
+RETRY_AFTER_CAP_S = 300.0
+DEFAULT_ENDPOINT = "default"
+
+
+@dataclass
+class RetrySettings:
+    max_attempts: int = 8
+    budget_s: float = 600.0
+
+
+_settings = RetrySettings()
+
+
+def configure(max_attempts: int | None = None, budget_s: float | None = None) -> RetrySettings:
+    """Set the process-wide retry bound (None keeps the current value); returns the settings."""
+    global _settings
+    _settings = RetrySettings(
+        max_attempts if max_attempts is not None else _settings.max_attempts,
+        budget_s if budget_s is not None else _settings.budget_s,
+    )
+    return _settings
+
+
+def settings() -> RetrySettings:
+    return _settings
+
+
+class _Gate:
+    """The shared pause of one endpoint."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pause_until = 0.0
+
+
+_gates: dict[str, _Gate] = {}
+_gates_lock = threading.Lock()
+
+
+def _gate(endpoint: str) -> _Gate:
+    with _gates_lock:
+        gate = _gates.get(endpoint)
+        if gate is None:
+            gate = _gates[endpoint] = _Gate()
+        return gate
+
+
+def pause_endpoint(endpoint: str, seconds: float) -> None:
+    """Make every caller of `endpoint` wait `seconds` from now (extends, never shortens)."""
+    gate = _gate(endpoint)
+    with gate.lock:
+        gate.pause_until = max(gate.pause_until, time.monotonic() + seconds)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (RFC 9110 section 10.2.3: delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def retry_delay(exc: TransientError, attempt: int) -> float:
+    """Seconds to wait before attempt `attempt + 1` after `exc` (jittered)."""
+    if exc.retry_after is not None:
+        # Never earlier than the server asked; a little later so that waiters spread out.
+        return min(max(exc.retry_after, 0.0), RETRY_AFTER_CAP_S) * random.uniform(1.0, 1.2)
+    base = min(MAX_DELAY_S, BASE_DELAY_S * 2 ** max(0, attempt - 1))
+    return base * random.uniform(0.5, 1.0)
+
 
 class Backoff:
-    """Jittered exponential backoff, shared by all workers of one pipeline."""
+    """Retries of TransientError, bounded in attempts and time, sharing pauses per endpoint."""
 
-    def __init__(self, budget_s: float, max_attempts: int):
-        self.budget_s = budget_s
-        self.max_attempts = max_attempts
-        self._pause_until = 0.0
-        self._lock = threading.Lock()
+    def __init__(self, budget_s: float | None = None, max_attempts: int | None = None,
+                 endpoint: str = DEFAULT_ENDPOINT):
+        self.budget_s = budget_s if budget_s is not None else _settings.budget_s
+        self.max_attempts = max(1, max_attempts if max_attempts is not None else _settings.max_attempts)
+        self.endpoint = endpoint
 
-    def call(self, what: str, fn: Callable[[], Any], ref: RunRef | None = None) -> Any:
-        """`fn()`, retried on TransientError; RunError (naming `ref`) once attempts or time run out."""
+    def call(self, what: str, fn: Callable[[], Any], ref: RunRef | None = None,
+             endpoint: str | None = None, final: bool = True) -> Any:
+        """`fn()`, retried on TransientError.  Once attempts or time run out: RunError naming
+        `ref` (`final`), or the last TransientError, marked exhausted (`final=False`)."""
+        endpoint = endpoint or self.endpoint
         ids = {"project_id": ref.project_id, "run_id": ref.run_id} if ref is not None else {}
         where = f"run {ref.project_id}/{ref.run_id}: {what}" if ref is not None else what
-        started = time.monotonic()
+        # The time bound counts from the first failure: a long run (the pipeline retries whole
+        # runs) that fails late still gets its retries.
+        failing_since: float | None = None
         attempt = 0
         while True:
-            self._wait_shared()
+            self._wait_shared(endpoint, failing_since)
             try:
                 return fn()
             except TransientError as exc:
                 attempt += 1
-                elapsed = time.monotonic() - started
-                if attempt >= self.max_attempts or elapsed >= self.budget_s:
-                    raise RunError(f"{what}: gave up after {attempt} attempts in {elapsed:.0f}s: {exc}", **ids) from None
-                delay = exc.retry_after if exc.retry_after is not None else min(60.0, 0.5 * 2 ** attempt)
-                delay *= random.uniform(0.8, 1.2)
-                with self._lock:
-                    self._pause_until = max(self._pause_until, time.monotonic() + delay)
-                log.warning("%s: %s; retrying in %.1fs (attempt %d)", where, exc, delay, attempt + 1)
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                elapsed = now - failing_since
+                delay = retry_delay(exc, attempt)
+                if exc.exhausted or attempt >= self.max_attempts or elapsed + delay > self.budget_s:
+                    if exc.exhausted:   # an inner loop gave up already and said so
+                        message = f"{what}: {exc}"
+                    else:
+                        message = (f"{what}: gave up after {attempt} attempt{'s' if attempt > 1 else ''}, "
+                                   f"{elapsed:.1f}s after the first failure (limits: {self.max_attempts} "
+                                   f"attempts, {self.budget_s:g}s; "
+                                   f"raise --retry-max-attempts / --retry-max-seconds to wait longer): {exc}")
+                    if final:
+                        raise RunError(message, **ids) from None
+                    given_up = TransientError(message, exc.retry_after, exc.throttled)
+                    given_up.exhausted = True
+                    raise given_up from None
+                if exc.throttled:
+                    pause_endpoint(endpoint, delay)
+                    log.info("%s: %s; %s paused for %.1fs (attempt %d)", where, exc, endpoint, delay, attempt + 1)
+                else:
+                    log.info("%s: %s; retrying in %.1fs (attempt %d)", where, exc, delay, attempt + 1)
+                    time.sleep(delay)
 
-    def _wait_shared(self) -> None:
+    def _wait_shared(self, endpoint: str, failing_since: float | None) -> None:
+        """Sleep while the endpoint is paused (never past this call's time bound)."""
+        gate = _gate(endpoint)
+        since = failing_since if failing_since is not None else time.monotonic()
         while True:
-            with self._lock:
-                pause = self._pause_until - time.monotonic()
-            if pause <= 0:
+            with gate.lock:
+                pause = gate.pause_until - time.monotonic()
+            left = self.budget_s - (time.monotonic() - since)
+            if pause <= 0 or left <= 0:
                 return
-            time.sleep(min(pause, 1.0))
+            time.sleep(min(pause, left, 1.0))

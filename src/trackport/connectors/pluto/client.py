@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from trackport.core.errors import TransientError, UsageError
+from trackport.core.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ def api_key() -> str:
     key = _resolve_api_token()
     if not key:
         raise UsageError("no Pluto API key: set PLUTO_API_KEY or run `pluto login`")
+    from trackport.core.logs import remember_secret
+
+    remember_secret(key)    # a `pluto login` key is in no environment variable the scrubber reads
     return key
 
 
@@ -139,14 +142,15 @@ class CreatedRun:
 class PlutoClient:
     """HTTP calls to one Pluto deployment, with bounded retries on 429/5xx."""
 
-    def __init__(self, host: str | None = None, attempts: int = 4, max_wait: float = 30.0,
+    def __init__(self, host: str | None = None, attempts: int | None = None, max_wait: float = 30.0,
                  timeout: float = 60.0):
         import httpx
 
         self.settings = sdk_settings(host)
         self._key = api_key()
-        self.attempts = max(1, attempts)
-        self.max_wait = max_wait
+        self.attempts = attempts            # None: --retry-max-attempts (trackport.core.retry)
+        self.max_wait = max_wait            # cap on a server's Retry-After
+        self.endpoint = f"pluto {self.settings.url_api}"   # where workers share a throttling pause
         self._http = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True)
         self._lock = threading.Lock()
 
@@ -174,11 +178,13 @@ class PlutoClient:
     def request(self, method: str, url: str, *, run: "RunContext | None" = None, content: Any = None,
                 content_type: str | None = None, params: dict | None = None, what: str = "",
                 auth: bool = True, extra_headers: dict | None = None, reopen=None):
-        """One call, retried on 408/429/5xx and dropped connections (Retry-After honoured).
+        """One call, retried on 408/429/5xx and dropped connections (trackport.core.retry:
+        Retry-After honoured, throttling shared by every worker on this host, bounded by
+        --retry-max-attempts / --retry-max-seconds).
 
-        Gives up with TransientError (carrying the server's Retry-After) so the
-        pipeline can retry the whole run later; a refusal raises PlutoRejected.
-        `reopen()` gives a fresh body for each attempt (file uploads).
+        Gives up with TransientError (marked exhausted: the pipeline does not retry it again);
+        a refusal raises PlutoRejected.  `reopen()` gives a fresh body for each attempt (file
+        uploads).
         """
         import httpx
 
@@ -186,33 +192,28 @@ class PlutoClient:
         headers = self._headers(run, content_type) if auth else dict(extra_headers or {})
         if auth and extra_headers:
             headers.update(extra_headers)
-        wait_hint = None
-        for attempt in range(1, self.attempts + 1):
+
+        def once():
             body = reopen() if reopen is not None else content
             try:
                 resp = self._http.request(method, url, content=body, params=params, headers=headers)
             except httpx.TransportError as exc:
-                problem = f"{what}: {type(exc).__name__}"
-                wait_hint = None
-            else:
-                if resp.status_code < 400:
-                    return resp
-                message = _reason(resp)
-                if resp.status_code not in TRANSIENT_STATUS:
-                    raise PlutoRejected(resp.status_code, f"{what}: {message}")
-                problem = f"{what}: HTTP {resp.status_code} {message}"
-                wait_hint = _retry_after(resp.headers.get("Retry-After"))
+                raise TransientError(f"{what}: {type(exc).__name__}") from None
             finally:
                 if reopen is not None and hasattr(body, "close"):
                     body.close()
-            if attempt == self.attempts:
-                raise TransientError(problem, retry_after=wait_hint)
-            delay = wait_hint if wait_hint is not None else min(self.max_wait, 0.25 * 2 ** attempt)
-            delay = min(delay, self.max_wait) * random.uniform(1.0, 1.1)
-            log.warning("Pluto: %s; retrying in %.1fs (attempt %d of %d)", problem, delay, attempt + 1,
-                        self.attempts)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+            if resp.status_code < 400:
+                return resp
+            message = _reason(resp)
+            if resp.status_code not in TRANSIENT_STATUS:
+                raise PlutoRejected(resp.status_code, f"{what}: {message}")
+            wait_hint = _retry_after(resp.headers.get("Retry-After"))
+            if wait_hint is not None:
+                wait_hint = min(wait_hint, self.max_wait)
+            raise TransientError(f"Pluto: {what}: HTTP {resp.status_code} {message}", retry_after=wait_hint,
+                                 throttled=resp.status_code in (429, 503) or wait_hint is not None)
+
+        return Backoff(max_attempts=self.attempts, endpoint=self.endpoint).call(what, once, final=False)
 
     def _json(self, method: str, url: str, body: bytes, run=None, what: str = "") -> dict:
         resp = self.request(method, url, run=run, content=body, content_type="application/json", what=what)
@@ -375,23 +376,27 @@ class PlutoClient:
         import httpx
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, self.attempts + 1):
+
+        def once() -> int | None:
             try:
                 with self._http.stream("GET", url) as resp:
-                    if resp.status_code in TRANSIENT_STATUS and attempt < self.attempts:
-                        time.sleep(_retry_after(resp.headers.get("Retry-After")) or 0.5 * attempt)
-                        continue
+                    if resp.status_code in TRANSIENT_STATUS:
+                        wait_hint = _retry_after(resp.headers.get("Retry-After"))
+                        raise TransientError(f"download failed: HTTP {resp.status_code}", retry_after=wait_hint,
+                                             throttled=resp.status_code in (429, 503) or wait_hint is not None)
                     if resp.status_code >= 400:
-                        raise TransientError(f"download failed: HTTP {resp.status_code}")
+                        return resp.status_code
                     with open(target, "wb") as fh:
                         for chunk in resp.iter_bytes(1 << 20):
                             fh.write(chunk)
-                    return
+                    return None
             except httpx.TransportError as exc:
-                if attempt == self.attempts:
-                    raise TransientError(f"download failed: {type(exc).__name__}") from None
-                time.sleep(0.5 * attempt)
-        raise TransientError("download failed")
+                raise TransientError(f"download failed: {type(exc).__name__}") from None
+
+        refused = Backoff(max_attempts=self.attempts, endpoint=self.endpoint).call(
+            f"download {target.name}", once, final=False)
+        if refused is not None:
+            raise TransientError(f"download failed: HTTP {refused}")
 
 
 @dataclass

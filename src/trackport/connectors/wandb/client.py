@@ -126,6 +126,9 @@ def find_online_run(entity: str, project: str, run_id: str) -> dict | None:
         run = api.run(f"{entity}/{project}/{run_id}")
     except wandb.errors.CommError as exc:
         text = str(exc).lower()
+        if isinstance(exc, wandb.errors.AuthenticationError) or "401" in text or "403" in text:
+            raise UsageError(f"W&B refused the credentials for {base or 'the W&B cloud'}; set WANDB_API_KEY "
+                             f"to a valid key or run `wandb login`") from None
         if "not found" in text or "could not find" in text or "404" in text:
             return None
         raise TransientError(f"W&B API: {type(exc).__name__}") from None
