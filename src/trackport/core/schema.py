@@ -108,7 +108,7 @@ def conform(batch: pa.RecordBatch | pa.Table, where: str = "") -> pa.Table:
                     col = _cast_column(col, field.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                     raise SchemaError(
-                        f"{where}: column {field.name!r} has type {col.type}, "
+                        f"{where + ': ' if where else ''}column {field.name!r} has type {col.type}, "
                         f"expected {field.type} ({exc})"
                     ) from None
         else:
@@ -127,6 +127,10 @@ def _cast_column(col, target: pa.DataType):
         col = col.cast(col.type.value_type)
         if col.type.equals(target):
             return col
+    if _is_text(col.type) and not _is_text(target):
+        # Arrow would parse "2.5" into a step or a float; a text column where numbers belong
+        # is a broken writer, and parsing it would hide that (docs/format.md, "Hostile input").
+        raise pa.ArrowInvalid("text is never parsed into numbers, times or structs")
     if pa.types.is_timestamp(target) and pa.types.is_timestamp(col.type):
         # Finer units are truncated to ms only when nothing is lost.
         casted = col.cast(pa.timestamp(col.type.unit, tz="UTC") if col.type.tz is None else col.type)
@@ -136,13 +140,18 @@ def _cast_column(col, target: pa.DataType):
     return pc.cast(col, target, safe=True)
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string,
+                                       pa.types.is_binary, pa.types.is_large_binary))
+
+
 def check_types(table: pa.Table, where: str = "") -> None:
     """Reject attribute types this version does not know, naming them."""
     unknown = pc.unique(table.column("attribute_type")).to_pylist()
     bad = sorted(t for t in unknown if t not in ATTRIBUTE_TYPES)
     if bad:
         raise SchemaError(
-            f"{where}: unknown attribute_type {', '.join(map(repr, bad))}; "
+            f"{where + ': ' if where else ''}unknown attribute_type {', '.join(map(repr, bad))}; "
             f"known: {', '.join(sorted(ATTRIBUTE_TYPES))}"
         )
 

@@ -44,12 +44,22 @@ class ParquetSink(Sink):
     def _ensure_export_manifest(self, origin_uri: str) -> None:
         with self._lock:
             path = self.root / layout.EXPORT_MANIFEST
-            manifest = layout.read_json(path) if path.exists() else {
+            try:
+                existing = layout.read_json(path) if path.exists() else None
+            except (OSError, ValueError) as exc:
+                raise RunError(f"the export manifest is damaged ({' '.join(str(exc).split())}); nothing was "
+                               f"written. Fix: restore it, or export into a new folder", file=str(path)) from None
+            manifest = existing if existing is not None else {
                 "format_version": layout.FORMAT_VERSION,
                 "producer": f"trackport {__version__}",
                 "created": datetime.now(timezone.utc).isoformat(),
                 "sources": [],
             }
+            if not self._manifest_ready:
+                # A process killed inside write_json_atomic leaves its temporary file behind.
+                for old in self.root.glob(f".{layout.EXPORT_MANIFEST}.*.tmp"):
+                    old.unlink(missing_ok=True)
+                self._manifest_ready = True
             if origin_uri not in manifest["sources"]:
                 manifest["sources"].append(origin_uri)
                 layout.write_json_atomic(path, manifest)
@@ -59,7 +69,11 @@ class ParquetSink(Sink):
     def find_run(self, origin: Origin) -> DestRun | None:
         manifest_path = layout.run_manifest_path(self.root, origin.project_id, origin.run_id)
         if manifest_path.exists():
-            version = layout.read_json(manifest_path).get("source_version")
+            try:
+                version = layout.read_json(manifest_path).get("source_version")
+            except (OSError, ValueError, AttributeError):
+                # a damaged completion mark: the run is partial, and writing it again repairs it
+                return DestRun(f"{origin.project_id}/{origin.run_id}", False)
             return DestRun(f"{origin.project_id}/{origin.run_id}", True, locator=manifest_path, version=version)
         project_dir = layout.project_data_dir(self.root, origin.project_id)
         stem = layout.safe(origin.run_id)
@@ -107,7 +121,11 @@ class ParquetRunWriter(RunWriter):
         """A rerun rewrites a partial run from scratch: no stale part may survive."""
         for old in self.data_dir.glob(f"{self.stem}_part_*"):
             old.unlink()
-        layout.run_manifest_path(self.sink.root, self.project_id, self.run_id).unlink(missing_ok=True)
+        manifest = layout.run_manifest_path(self.sink.root, self.project_id, self.run_id)
+        manifest.unlink(missing_ok=True)
+        # A process killed inside write_json_atomic leaves its temporary file behind.
+        for old in self.data_dir.glob(f".{manifest.name}.*.tmp"):
+            old.unlink(missing_ok=True)
 
     def _tmp(self, n: int) -> Path:
         return self.data_dir / f"{self.stem}_part_{n}.parquet.tmp"
@@ -118,7 +136,9 @@ class ParquetRunWriter(RunWriter):
         self.part += 1
         path = self._tmp(self.part)
         self.parts.append(path)
-        self.writer = pq.ParquetWriter(path, SCHEMA, compression="snappy")
+        # Page checksums let our reader refuse a part with a flipped bit (readers that do not
+        # check them, neptune-exporter's included, ignore them).
+        self.writer = pq.ParquetWriter(path, SCHEMA, compression="snappy", write_page_checksum=True)
 
     def write(self, batch: pa.Table) -> None:
         table = batch.select(list(COLUMNS)) if batch.column_names != list(COLUMNS) else batch
@@ -158,13 +178,14 @@ class ParquetRunWriter(RunWriter):
             target.parent.mkdir(parents=True, exist_ok=True)
             if source.is_dir():
                 shutil.copytree(source, target, dirs_exist_ok=True)
-                size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+                members = [f for f in target.rglob("*") if f.is_file()]   # a file_set: count its files
+                size, count = sum(f.stat().st_size for f in members), len(members)
             else:
                 shutil.copyfile(source, target)
-                size = target.stat().st_size
+                size, count = target.stat().st_size, 1
             self.copied.add(path)
             self.file_bytes += size
-            self.plan.report.files += 1
+            self.plan.report.files += count
             self.plan.report.bytes += size
 
     def commit(self) -> DestRun:
