@@ -54,7 +54,11 @@ _SPECS = (
     ConnectorSpec("mlflow", "trackport.connectors.mlflow", "mlflow", ("mlflow",),
                   "mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT",
                   options=(ConnectorOption("--mlflow-experiment",
-                                           "MLflow experiment name template (default '{project}')."),)),
+                                           "MLflow experiment name template (default '{project}')."),
+                           ConnectorOption("--mlflow-bulk", "MLflow database destination (sqlite:///, "
+                                           "postgresql://, mysql://): write metric points straight into "
+                                           "MLflow's tables in large transactions (checked schema "
+                                           "revisions only).", "flag"),)),
     ConnectorSpec("wandb", "trackport.connectors.wandb", "wandb", ("wandb",),
                   "wandb://ENTITY[/PROJECT] (W&B API, WANDB_BASE_URL), wandb:PATH (offline run files)",
                   options=(ConnectorOption("--wandb-mode", "W&B destination mode: online (default) or offline "
@@ -206,6 +210,17 @@ def open_sink(uri: str, options: dict[str, Any] | None = None):
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:token|api[_-]?key|key|password|secret|access_token)=)[^&#]*")
 
 
+def _remember_userinfo(password: str | None) -> None:
+    """A URI's password is scrubbed from logs and reports from now on (raw and decoded)."""
+    from urllib.parse import unquote
+
+    from .logs import remember_secret
+
+    if password:
+        remember_secret(password)
+        remember_secret(unquote(password))
+
+
 def redact(text: str) -> str:
     """Drop userinfo and secret-looking query values from anything URL-shaped."""
     text = _SECRET_QUERY.sub(r"\1***", text)
@@ -218,6 +233,7 @@ def redact(text: str) -> str:
         return text
     if parts.username is None and parts.password is None:
         return text
+    _remember_userinfo(parts.password)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"

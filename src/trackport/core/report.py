@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from .logs import scrub
+
 # Run outcomes
 MOVED = "moved"            # written now, complete
 REPAIRED = "repaired"      # found partial in the destination, finished now
@@ -45,6 +47,12 @@ class RunReport:
     details: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # An error text may quote an SDK's exception, which may quote a credential.
+        if name == "error" and value:
+            value = scrub(str(value))
+        super().__setattr__(name, value)
+
     def transformed(self, kind: str, count: int = 1, example: str | None = None) -> None:
         with self._lock:
             self.transformations[kind] += count
@@ -67,6 +75,7 @@ class RunReport:
 
     def warn(self, message: str) -> None:
         """Something the user must see that lost no movable data (a torn file read up to the tear)."""
+        message = scrub(message)
         with self._lock:
             if message not in self.warnings:
                 self.warnings.append(message)
@@ -159,7 +168,7 @@ class CommandReport:
                 "drops": dict(self.drops),
                 "warnings": sum(len(r.warnings) for r in self.runs),
             },
-            "notes": self.notes,
+            "notes": [scrub(n) for n in self.notes],
             **self.extra,
             "runs": [r.to_json() for r in sorted(self.runs, key=lambda r: (r.project_id, r.run_id))],
         }

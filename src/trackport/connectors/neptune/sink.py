@@ -290,7 +290,11 @@ class _Base(RunWriter):
             local = target
         if not Path(local).exists():
             raise self._err("file missing", file=path)
-        return str(Path(local).resolve())
+        resolved = Path(local).resolve()
+        members = [p for p in resolved.rglob("*") if p.is_file()] if resolved.is_dir() else [resolved]
+        self.report.files, self.report.bytes = (self.report.files + len(members),
+                                                self.report.bytes + sum(p.stat().st_size for p in members))
+        return str(resolved)
 
     def _series_tables(self):
         """Spooled series, one attribute at a time, in increasing step order."""

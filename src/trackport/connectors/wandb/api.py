@@ -150,6 +150,9 @@ class WandbApi:
                              f"to a valid key or run `wandb login`") from None
         if auth is None:
             raise UsageError(f"no W&B credentials for {self.base_url}: set WANDB_API_KEY or run `wandb login`")
+        from trackport.core.logs import remember_secret
+
+        remember_secret(getattr(auth, "api_key", None))   # a netrc key is in no environment variable
         return getattr(auth, "api_key", None)
 
     # -- listing -------------------------------------------------------------
