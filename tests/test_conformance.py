@@ -57,6 +57,7 @@ def _pluto(tmp_path, request):
 TARGETS = {
     "parquet": _parquet,
     "mlflow-sqlite": _mlflow_sqlite,
+    "mlflow-bulk": lambda tmp_path, request: Target(f"mlflow:sqlite:///{tmp_path / 'dest.db'}", ["--mlflow-bulk"]),
     "mlflow-server": _mlflow_server,
     "tensorboard": _tensorboard,
     "pluto": _pluto,

@@ -279,6 +279,7 @@ def load(sink, table: pa.Table, files_root: Path | None = None, multiplier: int 
     try:
         for n, start in enumerate(range(0, full.num_rows, chunk)):
             if stop_after is not None and n >= stop_after:
+                writer._drain()   # what was sent reached the store; then the attempt dies
                 writer.abort()
                 return plan, None
             writer.write(full.slice(start, chunk))

@@ -104,7 +104,27 @@ def open_sink(parsed_uri: ParsedUri, options: dict[str, Any]):
     from .sink import MlflowSink
 
     target = resolve(parsed_uri, options)
-    return MlflowSink(_tracking(target), target.uri, options)
+    sink = MlflowSink(_tracking(target), target.uri, options)
+    if options.get("mlflow_bulk") and not options.get("read_only"):
+        sink.bulk = _bulk_store(target)
+    return sink
+
+
+def _bulk_store(target: Target):
+    """`--mlflow-bulk`: the store's tables, checked (bulk.py), or a UsageError saying what instead."""
+    if target.kind not in ("sqlite", "database"):
+        where = {"server": "an MLflow server over REST", "file": "a file store (./mlruns)",
+                 "databricks": "Databricks"}.get(target.kind, target.kind)
+        raise UsageError(
+            f"--mlflow-bulk writes MLflow's database tables directly and needs a database store "
+            f"(mlflow:sqlite:///ABS.db, mlflow:postgresql://..., mlflow:mysql://...); {target.uri} is "
+            f"{where}. Point trackport at the store behind it (the server's --backend-store-uri) "
+            f"or drop --mlflow-bulk"
+        )
+    from .bulk import BulkStore
+
+    local = Path(target.local_store) if target.local_store else None
+    return BulkStore(target.tracking_uri, target.uri, local)
 
 
 __all__ = ["open_source", "open_sink", "resolve", "Target"]

@@ -45,6 +45,7 @@ class _Known:
 
 class MlflowSink(Sink):
     capabilities = mp.CAPABILITIES
+    bulk = None  # --mlflow-bulk: a bulk.BulkStore, set by open_sink
 
     def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any]):
         self.tracking = tracking
@@ -55,6 +56,8 @@ class MlflowSink(Sink):
         self._index: dict[tuple[str, str], dict[tuple[str, str], _Known]] = {}
         # child MLflow run id -> (experiment id, parent origin), waiting for the parent
         self._pending_parents: dict[str, tuple[str, Origin]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     # -- finding runs ----------------------------------------------------------
 
@@ -99,6 +102,10 @@ class MlflowSink(Sink):
                            tags.get(mp.TAG_SOURCE_VERSION))
             prev = found.get(key)
             # Should there ever be two, prefer the complete one, then the oldest (deterministic).
+            if prev is not None:
+                keep, other = (known, prev) if _rank(known) < _rank(prev) else (prev, known)
+                log.warning("MLflow runs %s and %s were both loaded from run %s/%s; using %s",
+                            keep.run_id, other.run_id, key[0], key[1], keep.run_id)
             if prev is None or _rank(known) < _rank(prev):
                 found[key] = known
         return found
@@ -142,6 +149,12 @@ class MlflowSink(Sink):
         run_id = resume.id if resume is not None else (known.run_id if known is not None else None)
         writer = MlflowRunWriter(self, plan, eid)
         writer.start(run_id)
+        if self.bulk is not None:
+            try:
+                writer.bulk = self.bulk.run(writer.run_id, origin.project_id, origin.run_id)
+            except BaseException:
+                writer.abort()
+                raise
         return writer
 
     def as_source(self):
@@ -196,7 +209,23 @@ class MlflowSink(Sink):
             with self._lock:
                 self._pending_parents.pop(child, None)
 
+    def request_pool(self) -> tuple[ThreadPoolExecutor, int]:
+        """The one pool every run's requests share: `--workers` requests in flight to the
+        store, however many runs are open (runs and requests spread over the same workers)."""
+        with self._lock:
+            if self._pool is None:
+                size = self.options.get("request_workers") or self.options.get("workers") or 4
+                self._pool_size = max(1, int(size))
+                self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="trackport-mlflow")
+            return self._pool, self._pool_size
+
     def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if self.bulk is not None:
+            self.bulk.close()
         if not self.tracking.exists():
             return
         with self._lock:
@@ -216,6 +245,8 @@ class MlflowSink(Sink):
 
 
 class MlflowRunWriter(RunWriter):
+    bulk = None  # --mlflow-bulk: a bulk.BulkRun taking the prepared metric points (see _write_metrics)
+
     def __init__(self, sink: MlflowSink, plan: RunPlan, experiment_id: str):
         self.sink = sink
         self.tracking = sink.tracking
@@ -232,9 +263,7 @@ class MlflowRunWriter(RunWriter):
         self.keys = mp.KeyMap(sorted(paths))
         self.manifest = mp.Manifest(self.origin.uri, self.project_id, self.source_run, self.multiplier)
         self.tags, self._tag_hits = mp.tag_plan(scan.values)
-        workers = int(plan.options.get("request_workers", sink.options.get("request_workers", 4)) or 1)
-        self._workers = max(1, workers)
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="trackport-mlflow")
+        self._pool, self._workers = sink.request_pool()
         self._futures: set[Future] = set()
         self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-", dir=plan.options.get("tmp_dir")))
         self._spools: dict[str, Path] = {}
@@ -324,7 +353,8 @@ class MlflowRunWriter(RunWriter):
                 if start is None:
                     start = _ms(scan.first_timestamp)
                 run = self.tracking.create_run(self.experiment_id, start, self.run_name, base_tags,
-                                               self.project_id, self.source_run)
+                                               self.project_id, self.source_run,
+                                               existing=self._created_meanwhile)
                 self.run_id = run.info.run_id
                 self.sink._remember(self.experiment_id, self.origin,
                                     _Known(self.run_id, False, run.info.start_time or 0))
@@ -346,6 +376,15 @@ class MlflowRunWriter(RunWriter):
         except BaseException:
             self._cleanup()
             raise
+
+    def _created_meanwhile(self) -> Any | None:
+        """This origin's MLflow run, should an earlier create_run attempt whose answer was lost
+        have made it (asked before every retry of the create)."""
+        known = self.sink._search(self.experiment_id, self.origin.uri, self.source_run).get(
+            (self.project_id, self.source_run))
+        if known is None:
+            return None
+        return self.tracking.get_run(known.run_id, self.project_id, self.source_run)
 
     def _resume(self, run_id: str) -> None:
         try:
@@ -372,7 +411,7 @@ class MlflowRunWriter(RunWriter):
         if tags.get(mp.TAG_COMPLETE) is not None:
             # Rewriting a complete run: it is not complete again until this commit.
             with errors(self.project_id, self.source_run):
-                self.tracking.store.delete_tag(run_id, mp.TAG_COMPLETE)
+                self.tracking.delete_tag(run_id, mp.TAG_COMPLETE)
         self._rename = run.info.run_name != self.run_name
         self._resumed_metrics = set(run.data.metrics)
 
@@ -547,13 +586,18 @@ class MlflowRunWriter(RunWriter):
                 if len(index):
                     send[rows] = ~index.contains(ident[rows])
         keys = [e.key for e in entries]
-        key_list = np.array(keys, dtype=object)[codes[send]].tolist()
-        metrics = [Metric(k, v, t, s) for k, v, t, s in zip(
-            key_list, values[send].tolist(), ts[send].tolist(), steps[send].tolist())]
+        if self.bulk is not None:  # --mlflow-bulk: the same prepared points, straight into the tables
+            self.bulk.add(keys, codes[send], values[send], ts[send], steps[send])
+            return
+        key_array = np.array(keys, dtype=object)[codes[send]]
+        values, ts, steps = values[send], ts[send], steps[send]
         per = max(mp.json_size(k) for k in keys) + 90
         chunk = max(1, min(mp.MAX_METRICS_PER_BATCH, mp.MAX_BATCH_BYTES // per))
-        for i in range(0, len(metrics), chunk):
-            self._submit(self.tracking.log_batch, self.run_id, metrics[i:i + chunk], (), ())
+        for i in range(0, len(key_array), chunk):   # Metric objects one request at a time: bounded memory
+            end = i + chunk
+            metrics = [Metric(k, v, t, s) for k, v, t, s in zip(
+                key_array[i:end].tolist(), values[i:end].tolist(), ts[i:end].tolist(), steps[i:end].tolist())]
+            self._submit(self.tracking.log_batch, self.run_id, metrics, (), ())
 
     def _write_series(self, table: pa.Table) -> None:
         paths = table.column("attribute_path").to_pylist()
@@ -663,6 +707,8 @@ class MlflowRunWriter(RunWriter):
 
     def commit(self) -> DestRun:
         try:
+            if self.bulk is not None:
+                self.bulk.flush()   # every point in the store before the completion mark
             self._flush_params()
             self._drain()
             for path, spool in self._spools.items():
@@ -739,7 +785,8 @@ class MlflowRunWriter(RunWriter):
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        wait(self._futures)   # the shared pool lives on; this run's own requests end before its files go
+        self._futures = set()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 

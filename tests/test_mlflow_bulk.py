@@ -1,0 +1,295 @@
+"""`--mlflow-bulk`: metric points written straight into an MLflow SQLite store's tables.
+
+Everything is read back through MLflow's own client and compared with what the
+SDK path stores for the same input: the bulk path must be indistinguishable.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from support import run_cli, runs_by_id
+from trackport.connectors.mlflow import bulk
+from trackport.connectors.mlflow import mapping as mp
+from trackport.testing.corpus import CorpusRun, build_corpus, rows_table, series_table
+from trackport.testing.exporter_layout import write_exporter_export
+
+
+def _client(db: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def _value(v: float) -> str:
+    return "nan" if math.isnan(v) else repr(v)
+
+
+def _store_contents(db: Path) -> dict[str, dict]:
+    """Per origin run id: every metric's full history and the run's latest values, via MlflowClient."""
+    client = _client(db)
+    out = {}
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], max_results=1000):
+            origin = run.data.tags.get(mp.TAG_ORIGIN_RUN)
+            if origin is None:
+                continue
+            full = client.get_run(run.info.run_id)
+            histories = {key: sorted((m.step, m.timestamp, _value(m.value))
+                                     for m in client.get_metric_history(run.info.run_id, key))
+                         for key in full.data.metrics}
+            latest = {key: _value(v) for key, v in full.data.metrics.items()}
+            out[origin] = {"histories": histories, "latest": latest,
+                           "complete": full.data.tags.get(mp.TAG_COMPLETE)}
+    return out
+
+
+def _metric_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+
+
+def _latest_rows(db: Path) -> dict[tuple[str, str], tuple]:
+    """latest_metrics as stored (value, timestamp, step, is_nan), by (origin run id, key)."""
+    with sqlite3.connect(db) as conn:
+        return {(origin, key): (repr(value), ts, step, is_nan) for origin, key, value, ts, step, is_nan in
+                conn.execute("SELECT t.value, l.key, l.value, l.timestamp, l.step, l.is_nan "
+                             "FROM latest_metrics l JOIN tags t ON t.run_uuid = l.run_uuid "
+                             "AND t.key = ?", (mp.TAG_ORIGIN_RUN,))}
+
+
+def _new_store(db: Path) -> str:
+    """An empty MLflow store made by MLflow itself (its migrations, at its head revision)."""
+    uri = f"sqlite:///{db}"
+    _client(db)._tracking_client.store  # noqa: B018 - creating the store is the point
+    return uri
+
+
+# ---------------------------------------------------------------------------
+# the corpus through both paths
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(big=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory, corpus):
+    """The conformance corpus copied into one store with --mlflow-bulk and into another through the SDK."""
+    tmp = tmp_path_factory.mktemp("bulk-corpus")
+    src = tmp / "export"
+    write_exporter_export(src, corpus, part_rows=30_000)
+    reports = {}
+    for name, extra in (("bulk", ["--mlflow-bulk"]), ("sdk", [])):
+        code, report, out = run_cli("copy", str(src), f"mlflow:sqlite:///{tmp / f'{name}.db'}", *extra,
+                                    "--state-dir", str(tmp / f"state-{name}"))
+        assert code == 0, out
+        reports[name] = report
+    return tmp, src, reports
+
+
+def test_bulk_load_reads_back_exactly_as_the_sdk_path(loaded, corpus):
+    tmp, src, reports = loaded
+    bulk_db, sdk_db = tmp / "bulk.db", tmp / "sdk.db"
+    dest = f"mlflow:sqlite:///{bulk_db}"
+    assert reports["bulk"]["totals"]["moved"] == len(corpus)
+    # the same counts and the same declared transformations as the SDK path
+    for field in ("points", "params", "files", "transformations", "drops"):
+        assert reports["bulk"]["totals"][field] == reports["sdk"]["totals"][field], field
+    assert reports["bulk"]["totals"]["transformations"]["inf_to_float_max"] > 0
+
+    code, report, out = run_cli("verify", str(src), dest, "--mlflow-bulk")
+    assert code == 0, out
+    assert report["totals"]["verified"] == len(corpus)
+
+    got, want = _store_contents(bulk_db), _store_contents(sdk_db)
+    assert sorted(got) == sorted(r.run_id for r in corpus)
+    assert got == want
+    # the comparison covers the hard values: NaN, +-inf as +-float max, big steps, many points
+    values = {v for run in got.values() for h in run["histories"].values() for _, _, v in h}
+    assert {"nan", repr(mp.FLOAT_MAX), repr(-mp.FLOAT_MAX)} <= values
+    assert max(s for run in got.values() for h in run["histories"].values() for s, _, _ in h) > 2**31
+    assert max(len(h) for run in got.values() for h in run["histories"].values()) >= 100_000
+    assert all(run["complete"] == "true" for run in got.values())
+    # the table rows themselves, not only what the client shows
+    assert _metric_rows(bulk_db) == _metric_rows(sdk_db)
+    assert _latest_rows(bulk_db) == _latest_rows(sdk_db) and len(_latest_rows(bulk_db)) > 10
+
+
+def test_rerun_skips_and_adds_nothing(loaded, corpus):
+    tmp, src, _ = loaded
+    db = tmp / "bulk.db"
+    before = _metric_rows(db)
+    code, report, out = run_cli("copy", str(src), f"mlflow:sqlite:///{db}", "--mlflow-bulk",
+                                "--state-dir", str(tmp / "state-bulk"))
+    assert code == 0, out
+    assert report["totals"]["skipped"] == len(corpus)
+    assert _metric_rows(db) == before
+
+
+# ---------------------------------------------------------------------------
+# the tables, exactly as MLflow's own store keeps them
+
+
+def test_tables_match_mlflow_store_on_ties_duplicates_and_special_values(tmp_path):
+    """The same tricky points through MLflow's store `log_batch` and through BulkStore.write."""
+    from mlflow.entities import Metric
+
+    db = tmp_path / "s.db"
+    _new_store(db)
+    client = _client(db)
+    eid = client.create_experiment("e")
+    sdk_run, bulk_run = (client.create_run(eid).info.run_id for _ in range(2))
+    # (key, value, timestamp, step), in arrival order, in three batches
+    batches = [
+        [("a", 1.0, 10, 5), ("a", float("nan"), 10, 5), ("a", 0.0, 10, 5), ("a", 0.5, 9, 5),
+         ("b", float("inf"), 1, 1), ("b", float("-inf"), 1, 1), ("b", -0.0, 2, 1), ("b", 3.0, 1, 1),
+         ("c", float("nan"), 7, 2**40), ("c", 2.0, 7, 3)],
+        [("a", 1.0, 10, 5), ("a", 2.0, 10, 5), ("b", 3.0, 1, 1), ("b", 4.0, 0, 2),
+         ("c", float("nan"), 7, 2**40), ("c", 0.0, 7, 2**40), ("d", -1.0, 0, -3)],
+        [("a", float("nan"), 11, 5), ("d", float("-inf"), 0, -3), ("d", -5.0, 0, -3)],
+    ]
+    store = client._tracking_client.store
+    writer = bulk.BulkStore(f"sqlite:///{db}", "test store", db)
+    assert writer.revision in bulk.SUPPORTED_REVISIONS
+    for batch in batches:
+        store.log_batch(sdk_run, [Metric(k, v, t, s) for k, v, t, s in batch], [], [])
+        keys = sorted({k for k, _, _, _ in batch})
+        writer.write(bulk_run, keys, np.array([keys.index(k) for k, _, _, _ in batch]),
+                     np.array([v for _, v, _, _ in batch]), np.array([t for _, _, t, _ in batch]),
+                     np.array([s for _, _, _, s in batch]))
+    # once more: the primary key keeps every point once
+    writer.write(bulk_run, ["a"], np.array([0]), np.array([1.0]), np.array([10]), np.array([5]))
+    writer.close()
+
+    def rows(table: str, run: str):
+        with sqlite3.connect(db) as conn:
+            return sorted(conn.execute(f"SELECT key, value, timestamp, step, is_nan FROM {table} "
+                                       f"WHERE run_uuid = ?", (run,)).fetchall())
+
+    assert rows("metrics", bulk_run) == rows("metrics", sdk_run)
+    assert len(rows("metrics", bulk_run)) == 17
+    assert rows("latest_metrics", bulk_run) == rows("latest_metrics", sdk_run)
+    latest = {r[0]: r for r in rows("latest_metrics", bulk_run)}
+    assert latest["a"] == ("a", 0.0, 11, 5, 1)          # NaN stored as 0 with is_nan, newest timestamp
+    assert latest["c"][1:] == (0.0, 7, 2**40, 1)         # a tie (NaN vs 0.0): the first one stays
+    assert latest["d"] == ("d", -1.0, 0, -3, 0)
+
+
+def test_partial_run_is_repaired_without_duplicates(tmp_path, monkeypatch):
+    """A run that fails after some bulk transactions is finished by the next load, each point once."""
+    monkeypatch.setattr(bulk, "FLUSH_ROWS", 1_000)     # several transactions in this small run
+    project, run_id, n = "bulk/partial", "PART-1", 4_000
+    steps = np.arange(n, dtype=np.int64) * 10**6
+    stamps = 1_700_000_000_000 + np.arange(n, dtype=np.int64)
+    head = [
+        rows_table(project, run_id, [{"path": "sys/name", "type": "string", "value": "partial"},
+                                     {"path": "config/lr", "type": "float", "value": 0.1}]),
+        series_table(project, run_id, "train/loss", "float_series", np.linspace(1, 0, n), steps, stamps),
+        series_table(project, run_id, "train/acc", "float_series", np.linspace(0, 1, n), steps, stamps),
+    ]
+    # The last part says config/lr twice, differently: the sink refuses the run there, after
+    # the metric points of the earlier parts are in the store.
+    bad = rows_table(project, run_id, [{"path": "config/lr", "type": "float", "value": 0.2}])
+    src = tmp_path / "export"
+    write_exporter_export(src, [CorpusRun(project, run_id, pa.concat_tables(head + [bad]), {}, "partial")],
+                          part_rows=1_000)
+    db = tmp_path / "dest.db"
+    dest = f"mlflow:sqlite:///{db}"
+
+    code, report, out = run_cli("copy", str(src), dest, "--mlflow-bulk")
+    assert code != 0
+    failed = runs_by_id(report)[run_id]
+    assert failed["status"] == "failed" and "config/lr" in (failed["error"] or ""), failed
+    partial = _store_contents(db)[run_id]
+    assert partial["complete"] is None
+    assert 0 < _metric_rows(db) < 2 * n
+
+    shutil.rmtree(src)   # fixed at the source: load again
+    write_exporter_export(src, [CorpusRun(project, run_id, pa.concat_tables(head), {}, "partial")],
+                          part_rows=1_000)
+    code, report, out = run_cli("copy", str(src), dest, "--mlflow-bulk")
+    assert code == 0, out
+    assert runs_by_id(report)[run_id]["status"] == "repaired"
+    assert _metric_rows(db) == 2 * n
+    repaired = _store_contents(db)[run_id]
+    assert repaired["complete"] == "true"
+    assert {k: len(h) for k, h in repaired["histories"].items()} == {"train/loss": n, "train/acc": n}
+    assert repaired["latest"]["train/loss"] == repr(0.0)
+    code, report, out = run_cli("verify", str(src), dest, "--mlflow-bulk")
+    assert code == 0, out
+
+
+def test_a_store_error_fails_that_run_only(tmp_path):
+    """An insert the database refuses (here a trigger) fails its run with a RunError; others move."""
+    project, n = "bulk/errors", 3_000
+    steps = np.arange(n, dtype=np.int64) * 10**6
+    runs = [CorpusRun(project, run_id, series_table(project, run_id, key, "float_series",
+                                                    np.linspace(0, 1, n), steps, steps // 10**3), {}, run_id)
+            for run_id, key in (("GOOD-1", "train/loss"), ("BAD-1", "train/boom"))]
+    src = tmp_path / "export"
+    write_exporter_export(src, runs)
+    db = tmp_path / "dest.db"
+    _new_store(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TRIGGER no_boom BEFORE INSERT ON metrics WHEN NEW.key = 'train/boom' "
+                     "BEGIN SELECT RAISE(ABORT, 'boom refused by the store'); END")
+    code, report, out = run_cli("copy", str(src), f"mlflow:sqlite:///{db}", "--mlflow-bulk")
+    assert code != 0
+    by_run = runs_by_id(report)
+    assert by_run["GOOD-1"]["status"] == "moved"
+    assert by_run["BAD-1"]["status"] == "failed"
+    assert "boom refused by the store" in by_run["BAD-1"]["error"]
+    contents = _store_contents(db)
+    assert contents["GOOD-1"]["complete"] == "true" and len(contents["GOOD-1"]["histories"]["train/loss"]) == n
+    assert contents["BAD-1"]["complete"] is None and not contents["BAD-1"]["histories"]
+
+
+# ---------------------------------------------------------------------------
+# refusals
+
+
+def _small_export(tmp_path: Path) -> Path:
+    src = tmp_path / "export"
+    write_exporter_export(src, [r for r in build_corpus(big=False) if r.case == "scalars"])
+    return src
+
+
+def test_unknown_schema_revision_is_refused(tmp_path):
+    db = tmp_path / "old.db"
+    _new_store(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0123456789ab'")
+    code, report, out = run_cli("copy", str(_small_export(tmp_path)), f"mlflow:sqlite:///{db}", "--mlflow-bulk")
+    assert code == 2
+    assert "0123456789ab" in out and bulk.SUPPORTED_REVISIONS[0] in out
+    assert "mlflow db upgrade" in out and "drop --mlflow-bulk" in out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_a_fresh_store_is_created_by_mlflow_then_checked(tmp_path):
+    db = tmp_path / "new" / "fresh.db"
+    db.parent.mkdir()
+    code, report, out = run_cli("copy", str(_small_export(tmp_path)), f"mlflow:sqlite:///{db}", "--mlflow-bulk")
+    assert code == 0, out
+    assert report["totals"]["moved"] == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == bulk.SUPPORTED_REVISIONS[0]
+
+
+@pytest.mark.parametrize("dest", ["mlflow+http://127.0.0.1:9/", "mlflow:{tmp}/mlruns"])
+def test_bulk_needs_a_database_store(tmp_path, dest):
+    dest = dest.format(tmp=tmp_path)
+    code, report, out = run_cli("copy", str(_small_export(tmp_path)), dest, "--mlflow-bulk")
+    assert code == 2
+    assert "--mlflow-bulk" in out and "needs a database store" in out and "mlflow:sqlite:///" in out
+    assert not (tmp_path / "mlruns").exists()
