@@ -14,10 +14,14 @@ in the same invocation, and reports the ratio:
     sqlite   parquet -> MLflow sqlite:/// store   vs raw store `log_batch`, same threads
     parquet  parquet -> parquet export (copy)     rows/s (no reference)
     export   MLflow sqlite store -> parquet       rows/s
+    bulk     parquet -> sqlite:/// with --mlflow-bulk   vs trackport's SDK path into sqlite
+             (the copy of the sqlite path above, same data; the target ratio is 20)
     inspect  `trackport inspect` of the export    rows/s
 
 Peak memory is the child's own peak RSS (`VmHWM`), and the CLI start time the
-median of `trackport --help`.  Results go to a JSON file and replace the
+median of `trackport --help`, as run here and with other packages' site hooks
+skipped (see `startup`), next to the memory floors of the interpreter, pyarrow
+and the MLflow SDK.  Results go to a JSON file and replace the
 generated part of docs/benchmarks.md; the hand-written notes there stay.
 """
 
@@ -44,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from workloads import Workload, workloads, write_workload  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-PATHS = ("rest", "sqlite", "parquet", "export", "inspect")
+PATHS = ("rest", "sqlite", "parquet", "export", "inspect", "bulk")
 # The raw reference holds every Metric object in memory: not for the 10M run.
 REFERENCE_MAX_POINTS = 2_000_000
 # Through the MLflow SDK, 10M points take hours; the long run measures memory on the parquet path.
@@ -122,11 +126,13 @@ def prepare_sqlite(uri: str) -> None:
                     f"MlflowClient({uri!r})._tracking_client.store"], check=True)
 
 
-def reference(export: Path, uri: str, threads: int, experiment: str) -> tuple[float, int]:
+def reference(export: Path, uri: str, threads: int, experiment: str) -> tuple[float, str]:
+    """(the raw client's rate over its whole process, like trackport's; a note with its send-only ceiling)."""
     child = run_child([sys.executable, str(HERE / "raw_mlflow.py"), str(export), uri,
                        "--threads", str(threads), "--experiment", experiment])
     result = checked(child, "raw reference")
-    return result["points"] / result["seconds"], result["points"]
+    send_rate = result["points"] / result["seconds"]
+    return result["points"] / child.seconds, f"raw send-only ceiling {send_rate:,.0f}/s"
 
 
 def bench_case(w: Workload, paths: list[str], work: Path, server: str | None, threads: int) -> list[Measure]:
@@ -156,28 +162,37 @@ def bench_case(w: Workload, paths: list[str], work: Path, server: str | None, th
                                     "--mlflow-experiment", f"tp-{w.name}", *state("rest")))
         checked(child, "trackport copy (REST)")
         points = w.metric_points
-        ref = reference(export, server, threads, f"raw-{w.name}")[0] if ref_ok else None
-        add("rest", child, points, ref)
-    if ("sqlite" in paths or "export" in paths) and mlflow_ok:
+        ref, note = reference(export, server, threads, f"raw-{w.name}") if ref_ok else (None, None)
+        add("rest", child, points, ref, [note] if note else [])
+    sdk_rate = None   # trackport's SDK path into sqlite: the reference of the bulk path
+    if ("sqlite" in paths or "export" in paths or "bulk" in paths) and mlflow_ok:
         uri = f"sqlite:///{sqlite_db}"
         prepare_sqlite(uri)
         child = run_child(trackport("copy", f"parquet:{export}", f"mlflow:{uri}", "--workers", str(threads),
                                     *state("sqlite")))
         checked(child, "trackport copy (sqlite)")
         points = w.metric_points
+        sdk_rate = points / child.seconds
         if "sqlite" in paths:
-            ref = None
+            ref, note = None, None
             if ref_ok:
                 raw_uri = f"sqlite:///{work / f'raw-{w.name}.db'}"
                 prepare_sqlite(raw_uri)
-                ref = reference(export, raw_uri, threads, f"raw-{w.name}")[0]
-            add("sqlite", child, points, ref)
+                ref, note = reference(export, raw_uri, threads, f"raw-{w.name}")
+            add("sqlite", child, points, ref, [note] if note else [])
         if "export" in paths:
             back = work / f"back-{w.name}"
             child = run_child(trackport("export", f"mlflow:{uri}", str(back), "--workers", str(threads),
                                         *state("export")))
             checked(child, "trackport export")
             add("export", child, rows, notes=["rate in canonical rows/s"])
+    if "bulk" in paths:
+        bulk_uri = f"sqlite:///{work / f'bulk-{w.name}.db'}"
+        prepare_sqlite(bulk_uri)
+        child = run_child(trackport("copy", f"parquet:{export}", f"mlflow:{bulk_uri}", "--mlflow-bulk",
+                                    "--workers", str(threads), *state("bulk")))
+        checked(child, "trackport copy (--mlflow-bulk)")
+        add("bulk", child, w.metric_points, sdk_rate, ["reference: trackport's SDK path into sqlite"])
     if "parquet" in paths:
         child = run_child(trackport("copy", f"parquet:{export}", f"parquet:{work / f'copy-{w.name}'}",
                                     "--workers", str(threads), *state("parquet")))
@@ -191,23 +206,80 @@ def bench_case(w: Workload, paths: list[str], work: Path, server: str | None, th
     return out
 
 
-def cli_start_seconds(repeats: int = 7) -> float:
+def _median_seconds(cmd: list[str], env: dict | None = None, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(["trackport", "--help"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
-def python_start_seconds(repeats: int = 7) -> float:
-    """The interpreter alone (site hooks of installed packages included), for comparison."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _without_foreign_hooks() -> dict:
+    """The environment for `python -S` with the same packages importable.
+
+    `-S` skips `site`, so no `.pth` file of this environment runs: neither
+    pluto-ml's `zzzz_pluto_wandb_hook.pth` (which imports pluto, IPython and httpx,
+    about 0.4 s and 60 MB in every process) nor anyone else's.  The site-packages
+    folders and trackport's own source folder (an editable install reaches it
+    through a `.pth` too) go on PYTHONPATH instead, so imports resolve as before.
+    """
+    import importlib.util
+    import site
+
+    ours = Path(importlib.util.find_spec("trackport").submodule_search_locations[0]).parent
+    folders = [str(ours), *site.getsitepackages(), site.getusersitepackages()]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(folders)}
+
+
+def _cli_script(python: Path) -> list[str]:
+    """`trackport` as installed beside `python` (not a version manager's shim in front of it)."""
+    script = python.parent / "trackport"
+    return [str(script)] if script.exists() else [str(python), "-m", "trackport"]
+
+
+def _own_import_seconds(env: dict) -> float:
+    """trackport's own imports for `--help` (`-X importtime`, cumulative time of trackport.cli)."""
+    out = subprocess.run([sys.executable, "-S", "-X", "importtime", "-m", "trackport", "--help"],
+                         env=env, capture_output=True, text=True, check=True).stderr
+    cumulative = [int(line.split("|")[1]) for line in out.splitlines() if line.rstrip().endswith("| trackport.cli")]
+    return cumulative[-1] / 1e6 if cumulative else 0.0
+
+
+def startup(venv: Path | None = None, repeats: int = 7) -> dict:
+    """Start-up times (median of `repeats`, seconds) and memory floors (MB) of a process.
+
+    `cli_start_s` is what a user of this environment waits for; the `_no_hooks`
+    figures are the same commands with the site hooks of other packages skipped
+    (see `_without_foreign_hooks`), and `venv_*` the same in a separate venv
+    (`--venv`).  The floors are the peak RSS of a process that only imports.
+    """
+    python = Path(sys.executable)
+    bare = _without_foreign_hooks()
+    result = {
+        "cli_start_s": _median_seconds([*_cli_script(python), "--help"], repeats=repeats),
+        "python_start_s": _median_seconds([sys.executable, "-c", "pass"], repeats=repeats),
+        "cli_start_no_hooks_s": _median_seconds([sys.executable, "-S", "-m", "trackport", "--help"], bare, repeats),
+        "python_start_no_hooks_s": _median_seconds([sys.executable, "-S", "-c", "pass"], bare, repeats),
+        "cli_own_import_s": _own_import_seconds(bare),
+    }
+    if venv is not None:
+        vpython = venv / "bin" / "python"
+        result["venv_cli_start_s"] = _median_seconds([*_cli_script(vpython), "--help"], repeats=repeats)
+        result["venv_python_start_s"] = _median_seconds([str(vpython), "-c", "pass"], repeats=repeats)
+    floors = {
+        "interpreter": "pass",
+        "pyarrow": "import pyarrow, pyarrow.compute, pyarrow.parquet",
+        "mlflow_sdk": "import pyarrow.parquet, mlflow; from mlflow.tracking import MlflowClient",
+    }
+    peak = ("\nfor line in open('/proc/self/status'):\n"
+            "    if line.startswith('VmHWM'): print(int(line.split()[1]) / 1024)")
+    for name, code in floors.items():
+        for tag, cmd, env in (("", [sys.executable, "-c"], None), ("_no_hooks", [sys.executable, "-S", "-c"], bare)):
+            out = subprocess.run([*cmd, code + peak], env=env, capture_output=True, text=True)
+            if out.returncode == 0:
+                result[f"floor_{name}{tag}_mb"] = round(float(out.stdout.split()[-1]), 1)
+    return {k: round(v, 3) if k.endswith("_s") else v for k, v in result.items()}
 
 
 def machine() -> dict:
@@ -230,8 +302,7 @@ def markdown(result: dict) -> str:
         f"{m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; {result['threads']} threads.",
         "",
-        f"CLI start (`trackport --help`, median): **{result['cli_start_s']:.2f} s** "
-        f"(the bare interpreter with this environment's site hooks: {result['python_start_s']:.2f} s).",
+        *startup_lines(result),
         "",
         "| case | path | points or rows | seconds | trackport /s | reference /s | ratio | peak RSS MB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -243,6 +314,25 @@ def markdown(result: dict) -> str:
                      f"{ref} | {ratio} | {r['peak_rss_mb']} |")
     lines += ["", "Workloads: " + "; ".join(f"{w['name']}: {w['shape']}" for w in result["workloads"]) + "."]
     return "\n".join(lines)
+
+
+def startup_lines(result: dict) -> list[str]:
+    lines = [
+        f"CLI start (`trackport --help`, median): **{result['cli_start_s']:.2f} s** in this environment, "
+        f"where the bare interpreter takes {result['python_start_s']:.2f} s (other packages' site hooks); "
+        f"with those hooks skipped (`python -S`, same packages importable): "
+        f"**{result['cli_start_no_hooks_s']:.2f} s**, bare interpreter {result['python_start_no_hooks_s']:.2f} s; "
+        f"trackport's own imports: {result['cli_own_import_s'] * 1000:.0f} ms.",
+    ]
+    if "venv_cli_start_s" in result:
+        lines[0] += (f" In a separate venv: {result['venv_cli_start_s']:.2f} s "
+                     f"(interpreter {result['venv_python_start_s']:.2f} s).")
+    floors = [(name, result.get(f"floor_{name}_mb"), result.get(f"floor_{name}_no_hooks_mb"))
+              for name in ("interpreter", "pyarrow", "mlflow_sdk")]
+    if any(f[1] for f in floors):
+        lines += ["", "Memory floor (peak RSS of a process that only imports, MB, with / without the site hooks): "
+                  + "; ".join(f"{name.replace('_', ' ')} {a} / {b}" for name, a, b in floors if a) + "."]
+    return lines
 
 
 def write_markdown(path: Path, table: str) -> None:
@@ -263,6 +353,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed after)")
+    parser.add_argument("--startup-repeats", type=int, default=7, help="runs per start-up time (median)")
+    parser.add_argument("--venv", type=Path, help="also time `trackport --help` in this venv (made with e.g. "
+                        "`python -m venv V && V/bin/pip install -e '.[mlflow]'`: no other package's site hooks)")
     args = parser.parse_args()
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -295,7 +388,7 @@ def main() -> None:
 
     result = {
         "scale": args.scale, "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "machine": machine(),
-        "cli_start_s": round(cli_start_seconds(), 3), "python_start_s": round(python_start_seconds(), 3),
+        **startup(args.venv, args.startup_repeats),
         "workloads": [{"name": w.name, "shape": w.describe()} for w in cases],
         "measures": [asdict(m) for m in measures],
     }

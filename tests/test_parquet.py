@@ -187,6 +187,91 @@ def test_inspect_counts_rows_and_disk_bytes(tmp_path, corpus, exporter_export):
     project = summary["projects"][0]
     assert project["attribute_types"]["histogram_series"] > 0
     assert project["min_step"] is not None
+    assert _inspected(project) == _expected_summary(corpus)
+
+
+def _expected_summary(runs) -> dict:
+    """What inspect must say of a project holding `runs`, computed from the tables in memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.concat_tables([r.table for r in runs])
+    types = pc.value_counts(table.column("attribute_type")).to_pylist()
+    lo, hi = (str(v.as_py()) for v in pc.min_max(table.column("step")).values())
+    return {"rows": table.num_rows, "attribute_types": {t["values"]: t["counts"] for t in types},
+            "attributes": len(pc.unique(table.column("attribute_path"))), "min_step": lo, "max_step": hi}
+
+
+def _inspected(project: dict) -> dict:
+    return {k: project[k] for k in ("rows", "attribute_types", "attributes", "min_step", "max_step")}
+
+
+@pytest.mark.parametrize("layout_kind", ["no-statistics", "one-type-row-groups"])
+def test_inspect_trusts_statistics_only_where_exact(tmp_path, corpus, exporter_export, layout_kind):
+    # Parts rewritten so that inspect must read the columns (no statistics at all), or
+    # can take most row groups from their statistics (sorted by type and path: most
+    # row groups hold one attribute, one type); either way the same summary.
+    for part in (exporter_export / "data").rglob("*.parquet"):
+        table = pq.read_table(part)
+        if layout_kind == "no-statistics":
+            pq.write_table(table, part, row_group_size=64, write_statistics=False)
+        else:
+            order = [("attribute_type", "ascending"), ("attribute_path", "ascending")]
+            pq.write_table(table.sort_by(order), part, row_group_size=50)
+    code, _, output = run_cli("inspect", str(exporter_export))
+    assert code == 0, output
+    assert _inspected(json.loads(output)["projects"][0]) == _expected_summary(corpus)
+
+
+def test_inspect_reports_unreadable_parts_and_sums_the_rest(tmp_path, corpus, exporter_export):
+    import pyarrow as pa
+
+    garbage = layout.part_path(exporter_export, CORPUS_PROJECT, "BAD-1", 0)
+    garbage.write_bytes(b"PAR1 not a parquet file")
+    text_steps = layout.part_path(exporter_export, CORPUS_PROJECT, "BAD-2", 0)
+    pq.write_table(pa.table({"project_id": [CORPUS_PROJECT], "run_id": ["BAD-2"], "attribute_path": ["x"],
+                             "attribute_type": ["float_series"], "step": ["7"]}), text_steps)
+    code, _, output = run_cli("inspect", str(exporter_export))
+    project = json.loads(output)["projects"][0]
+    assert code == 1   # something could not be read
+    assert _inspected(project) == _expected_summary(corpus)   # the readable parts, whole
+    assert sorted(Path(line.split(": ")[0]).name for line in project["unreadable"]) == sorted(
+        [garbage.name, text_steps.name])
+    assert any("column step is string" in line for line in project["unreadable"])
+
+
+def test_inspect_streams_a_long_run_in_bounded_memory(tmp_path):
+    # One run of 1M points in a single row group written without statistics, so every
+    # row must be read: Arrow's peak stays near one batch, not the run (whole columns
+    # would take over 30 MB).  Measured in a fresh process, whose Arrow peak is its own.
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from trackport.testing.corpus import series_table
+
+    n = 1_000_000
+    table = series_table("bench/long", "LONG-1", "train/loss", "float_series", np.linspace(0, 1, n),
+                         steps_micro=np.arange(n, dtype=np.int64) * 1_000_000)
+    part = layout.part_path(tmp_path / "long", "bench/long", "LONG-1", 0)
+    part.parent.mkdir(parents=True)
+    pq.write_table(table, part, row_group_size=n, write_statistics=False)
+    code = (
+        "import json, sys, pyarrow as pa\n"
+        "from pathlib import Path\n"
+        "from trackport.connectors.parquet.source import ParquetSource\n"
+        "from trackport.core.inspect import inspect_export\n"
+        "from trackport.core.model import Selection\n"
+        "summary = inspect_export(ParquetSource(Path(sys.argv[1]), {}), Selection())\n"
+        "print(json.dumps([summary['projects'][0], pa.default_memory_pool().max_memory()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "long")],
+                         capture_output=True, text=True, check=True)
+    project, arrow_peak = json.loads(out.stdout)
+    assert project["rows"] == n and project["attribute_types"] == {"float_series": n}
+    assert (project["min_step"], project["max_step"]) == ("0.000000", f"{n - 1}.000000")
+    assert arrow_peak < 12 * 2**20, arrow_peak
 
 
 def test_plan_writes_nothing_and_tells_the_multiplier(tmp_path, exporter_export):
