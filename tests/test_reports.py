@@ -255,18 +255,26 @@ def test_inspect_exit_codes_follow_its_report(tmp_path, export, corpus):
     assert len(unreadable) == 1 and part.name in unreadable[0]
 
 
-def test_ctrl_c_is_exit_130_and_the_rerun_repairs(tmp_path, corpus, pluto_server):
-    """Interrupted at a known point: the local Pluto server holds the first metrics request."""
+@pytest.mark.parametrize("workers", [1, 3])
+def test_ctrl_c_is_exit_130_and_the_rerun_repairs(tmp_path, corpus, pluto_server, workers):
+    """Interrupted at a known point: the local Pluto server holds every metrics request.  With
+    several runs open in worker threads the command still ends at once (it does not wait for
+    them), leaves its scratch folder behind as a crash would, and the next command sweeps it."""
+    cases = ["steps"] if workers == 1 else ["steps", "scalars", "nan_inf"]
+    runs = [corpus_case(corpus, c) for c in cases]
     export = tmp_path / "export"
-    write_exporter_export(export, [corpus_case(corpus, "steps")])
+    write_exporter_export(export, runs)
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    env = {**os.environ, **pluto_server.env(), "TMPDIR": str(scratch_root)}
     pluto_server.hold("POST", "/ingest/metrics")
     proc = subprocess.Popen([sys.executable, "-m", "trackport", "copy", str(export), "pluto://proj",
-                             "--no-progress"], cwd=tmp_path, env={**os.environ, **pluto_server.env()},
+                             "--no-progress", "--workers", str(workers)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         assert pluto_server.held.wait(120), "the copy never sent its metrics"
         os.kill(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=30)   # the held requests are still held
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -275,9 +283,14 @@ def test_ctrl_c_is_exit_130_and_the_rerun_repairs(tmp_path, corpus, pluto_server
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert err.decode().strip().splitlines()[-1] == "trackport: interrupted; rerun the same command to resume"
     assert out == b""                                   # no report for an interrupted command
-    code, report, out = run_cli("copy", str(export), "pluto://proj")
-    assert code == 0, out
-    assert _statuses(report) == {corpus_case(corpus, "steps").run_id: "repaired"}
+    assert (scratch_root / f"trackport-pid{proc.pid}").is_dir()
+    rerun = subprocess.run([sys.executable, "-m", "trackport", "copy", str(export), "pluto://proj",
+                            "--no-progress", "--json"], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    statuses = _statuses(json.loads(rerun.stdout))
+    assert statuses[runs[0].run_id] == "repaired"
+    assert set(statuses) == {r.run_id for r in runs} and set(statuses.values()) <= {"repaired", "moved"}
+    assert list(scratch_root.iterdir()) == []           # the dead command's folder swept, ours removed
 
 
 # -- files and bytes, per sink ------------------------------------------------------------------

@@ -29,7 +29,8 @@ def shared_options(fn):
         click.option("--classes", default="params,metrics,series,files", show_default=True,
                      help="Data classes to move: params, metrics, series, files."),
         click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True,
-                     help="Runs moved in parallel."),
+                     help="Runs moved in parallel; also the requests in flight to a destination "
+                          "that takes requests (one pool shared by all runs)."),
         click.option("--step-multiplier", type=click.IntRange(1), default=None,
                      help="Integer steps = decimal step x this (default: auto, the smallest exact power of 10 per run)."),
         click.option("--allow-drops", is_flag=True, help="Move runs even when some data cannot be (missing files...); drops are still reported, exit 0."),
@@ -40,6 +41,10 @@ def shared_options(fn):
         click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Write a debug log here."),
         click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".trackport"),
                      show_default=True, help="Where the local ledger lives."),
+        click.option("--retry-max-attempts", type=click.IntRange(1), default=8, show_default=True,
+                     help="Attempts per request (and per run) on rate limits, 5xx and dropped connections."),
+        click.option("--retry-max-seconds", type=click.FloatRange(0), default=600.0, show_default=True,
+                     help="Stop retrying a request (and fail its run) this many seconds after its first failure."),
     ]
     options.extend(_connector_option(spec) for spec in connector_options())
     for option in reversed(options):
@@ -58,7 +63,9 @@ def _connector_option(spec):
 
 
 def _fail_usage(message: str) -> None:
-    click.echo(f"trackport: error: {message}", err=True)
+    from .core.logs import printable, scrub
+
+    click.echo(f"trackport: error: {printable(scrub(message))}", err=True)
     sys.exit(2)
 
 
@@ -72,8 +79,23 @@ def handles_errors(fn):
         except UsageError as exc:
             _fail_usage(str(exc))
         except KeyboardInterrupt:
+            import os
+
             click.echo("trackport: interrupted; rerun the same command to resume", err=True)
-            sys.exit(130)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Runs still open in worker threads are left as a crash would leave them (resumable);
+            # a normal exit would wait for them to finish.
+            os._exit(130)
+        except Exception as exc:  # a bug or an SDK surprise outside any run: one scrubbed line, exit 1
+            import logging
+
+            from .core.logs import printable, scrub
+
+            logging.getLogger("trackport").debug("unexpected error", exc_info=True)
+            click.echo(f"trackport: unexpected {type(exc).__name__}: {printable(scrub(str(exc)))} "
+                       f"(details with --log-file)", err=True)
+            sys.exit(1)
     return wrapper
 
 
@@ -87,9 +109,15 @@ class Context:
         from .core.schema import CLASSES
         import re
 
+        from .core import retry
+
+        from .core.scratch import use_process_scratch
+
         self.command = command
         self.kw = kw
+        use_process_scratch()
         setup_logging(kw.get("log_file"))
+        retry.configure(kw["retry_max_attempts"], kw["retry_max_seconds"])  # connectors' request retries
         classes = frozenset(c.strip() for c in kw["classes"].split(",") if c.strip())
         unknown = classes - set(CLASSES)
         if unknown or not classes:
@@ -119,6 +147,8 @@ class Context:
             workers=self.kw["workers"],
             step_multiplier=self.kw.get("step_multiplier"),
             allow_drops=self.kw["allow_drops"],
+            max_attempts=self.kw["retry_max_attempts"],
+            retry_budget_s=self.kw["retry_max_seconds"],
             connector_options=self.connector_options,
         )
 
@@ -280,7 +310,19 @@ def inspect(directory, projects, run_pattern, as_json, no_progress):
     sys.exit(1 if unreadable else 0)
 
 
+def _bounded_arrow_memory() -> None:
+    """Arrow's jemalloc pool, returning freed pages at once: 50-60 MB less peak RSS on every
+    path (docs/benchmarks.md, "Memory").  Read by Arrow at its first allocation; a user's own
+    ARROW_DEFAULT_MEMORY_POOL wins."""
+    import os
+
+    if sys.platform.startswith("linux") and "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc"
+        os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+
+
 def main() -> None:
+    _bounded_arrow_memory()
     cli(prog_name="trackport")
 
 

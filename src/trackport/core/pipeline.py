@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import steps as stepmath
 from .connector import RunPlan, RunScan, SeriesStats, Sink, Source
-from .errors import RunError
+from .errors import RunError, UsageError
 from .ledger import Ledger
 from .retry import Backoff
 from .model import DestRun, RunRef, Selection
@@ -193,11 +193,27 @@ def check_step_collisions(data: RunData, converter: stepmath.StepConverter, ref:
     if hits:
         raise RunError(
             f"step multiplier {converter.multiplier} maps distinct steps onto one destination step "
-            f"({'; '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}); nothing was written. "
-            f"Fix: raise --step-multiplier or leave it to auto",
+            f"({'; '.join(_collision_examples(merged, hits[:3]))}{' ...' if len(hits) > 3 else ''}); "
+            f"nothing was written. Fix: raise --step-multiplier or leave it to auto",
             project_id=ref.project_id, run_id=ref.run_id,
         )
     return floored_total
+
+
+def _collision_examples(merged: pa.Table, hits: list[str]) -> list[str]:
+    """'<series> at destination step <d>' plus the source steps that meet there."""
+    from decimal import Decimal
+
+    from .schema import STEP_SCALE
+
+    out = []
+    for hit in hits:
+        attr, _, dest = hit.rpartition(" at destination step ")
+        rows = merged.filter(pc.and_(pc.equal(merged.column("a"), attr), pc.equal(merged.column("d"), int(dest))))
+        steps = sorted(set(rows.column("s").to_pylist()))[:4]
+        shown = ", ".join(str(Decimal(s).scaleb(-STEP_SCALE).normalize()) for s in steps)
+        out.append(f"{hit} from source steps {shown}")
+    return out
 
 
 # -- the pipeline ---------------------------------------------------------------------
@@ -240,8 +256,13 @@ class Pipeline:
                 for ref in runs:
                     work(ref)
             else:
-                with ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="run") as pool:
+                pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="run")
+                try:
                     list(pool.map(work, runs))
+                except BaseException:   # Ctrl-C: start no queued run, do not wait for the open ones
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown()
             if self.sink is not None and not plan_only:
                 self.sink.close()
         finally:
@@ -295,11 +316,12 @@ class Pipeline:
         name = self.source.describe_run(ref)
         self.progress.run_started(name)
         attempts = 0
+        committing: dict[str, bool] = {}   # set when an attempt reaches its commit
 
         def attempt() -> None:
             nonlocal attempts
             attempts += 1
-            self._move_once(ref, origin, run_report, name)
+            self._move_once(ref, origin, run_report, name, committing)
 
         try:
             origin = self.source.origin(ref)
@@ -307,6 +329,10 @@ class Pipeline:
         except RunError as exc:
             run_report.status = FAILED
             run_report.error = str(exc) if exc.run_id else f"run {name}: {exc}"
+            log.error("%s", run_report.error)
+        except UsageError as exc:   # found only once the run started (refused credentials): no traceback
+            run_report.status = FAILED
+            run_report.error = f"run {name}: {exc}"
             log.error("%s", run_report.error)
         except Exception as exc:  # a bug or an SDK surprise: name the run, keep going
             run_report.status = FAILED
@@ -318,11 +344,18 @@ class Pipeline:
             self.progress.run_done(name, run_report.status)
         return run_report
 
-    def _move_once(self, ref: RunRef, origin, run_report: RunReport, name: str) -> None:
+    def _move_once(self, ref: RunRef, origin, run_report: RunReport, name: str,
+                   committing: dict[str, bool]) -> None:
         sink = self.sink
-        run_report.restart()
         version = self.source.run_version(ref)
         existing: DestRun | None = self.backoff.call(f"{name}: find", lambda: sink.find_run(origin))
+        if existing is not None and existing.complete and committing:
+            # The previous attempt's commit landed and only its answer was lost: that attempt
+            # moved the run, and its counts stand.
+            run_report.status = REPAIRED if committing["resumed"] else MOVED
+            run_report.dest_id = existing.id
+            return
+        run_report.restart()
         if _up_to_date(existing, version, run_report):
             run_report.status = SKIPPED
             run_report.dest_id = existing.id
@@ -344,6 +377,7 @@ class Pipeline:
                 if table.num_rows:
                     writer.write(table)
                     self.progress.points(table.num_rows)
+            committing["resumed"] = existing is not None
             dest = writer.commit()
             writer = None
             run_report.dest_id = dest.id
@@ -407,9 +441,11 @@ class Pipeline:
                                    run_id=plan.ref.run_id, file=path)
             except RunError as exc:
                 if not self.opts.allow_drops:
+                    fix = ("restore the file" if "missing" in exc.reason else
+                           "make the path relative and inside the export's files folder")
                     raise RunError(
                         f"{exc.reason} (attribute {attr}); nothing of this run was written. "
-                        f"Fix: restore the file, or pass --allow-drops to move the run without it",
+                        f"Fix: {fix}, or pass --allow-drops to move the run without it",
                         project_id=plan.ref.project_id, run_id=plan.ref.run_id, file=path,
                     ) from None
                 bad.add(path)

@@ -263,8 +263,13 @@ def verify(source: Source, sink: Sink, select: Selection, report: CommandReport,
             for ref in runs:
                 one(ref)
         else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 list(pool.map(one, runs))
+            except BaseException:   # Ctrl-C: do not wait for the runs still being compared
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     finally:
         if progress is not None:
             progress.finish()
