@@ -28,13 +28,12 @@ import json
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trackport.core.errors import TransientError, UsageError
-from trackport.core.retry import Backoff
+from trackport.core.retry import Backoff, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +117,6 @@ def api_key() -> str:
     return key
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 @dataclass
 class CreatedRun:
     run_id: int
@@ -207,7 +192,7 @@ class PlutoClient:
             message = _reason(resp)
             if resp.status_code not in TRANSIENT_STATUS:
                 raise PlutoRejected(resp.status_code, f"{what}: {message}")
-            wait_hint = _retry_after(resp.headers.get("Retry-After"))
+            wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
             if wait_hint is not None:
                 wait_hint = min(wait_hint, self.max_wait)
             raise TransientError(f"Pluto: {what}: HTTP {resp.status_code} {message}", retry_after=wait_hint,
@@ -381,7 +366,7 @@ class PlutoClient:
             try:
                 with self._http.stream("GET", url) as resp:
                     if resp.status_code in TRANSIENT_STATUS:
-                        wait_hint = _retry_after(resp.headers.get("Retry-After"))
+                        wait_hint = parse_retry_after(resp.headers.get("Retry-After"))
                         raise TransientError(f"download failed: HTTP {resp.status_code}", retry_after=wait_hint,
                                              throttled=resp.status_code in (429, 503) or wait_hint is not None)
                     if resp.status_code >= 400:
