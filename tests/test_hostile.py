@@ -204,6 +204,8 @@ def test_mlflow_store_gets_every_good_run_with_declared_transformations(hostile,
     assert t["one_megabyte_strings"]["param_to_artifact"] == 1
     assert t["one_megabyte_strings"]["series_to_artifact"] == 1
     assert t["step_floored"]["step_floored"] == 1
+    assert t["duplicate_points_same_value"]["duplicate_point_in_manifest"] == 1
+    assert "duplicate_point_in_manifest" not in t["duplicate_points_different_values"]
     assert t["odd_names"]["key_sanitized"] >= len(h.ODD_ATTRIBUTES)
     assert "step_floored" not in t["good_1"]
     _assert_nothing_outside(hostile, before, tmp_path, {"mlflow.db", "mlartifacts", "mlruns", ".trackport"})
@@ -211,16 +213,12 @@ def test_mlflow_store_gets_every_good_run_with_declared_transformations(hostile,
     code, report, output = run_cli("verify", str(hostile.root), dest, *args)
     assert "Traceback" not in output
     runs = _by_id(report)
-    exact = [c for c in moved if c.case not in ("step_floored", "duplicate_points_same_value")]
+    exact = [c for c in moved if c.case != "step_floored"]
     for case in exact:
         assert runs[(case.project_id, case.run_id)]["status"] == "verified", (case.case, runs[(case.project_id, case.run_id)])
     # The floor the user asked for is a declared loss, and verify shows it.
     floored = runs[(h.PROJECT, "STEP-FLOOR")]
     assert floored["status"] == "different" and "metrics/loss" in floored["error"]
-    # KNOWN GAP (reported): MLflow's metric key is (key, step, timestamp, value), so of two
-    # identical points it keeps one, and no transformation counts that yet.
-    same = runs[(h.PROJECT, "DUP-SAME")]
-    assert same["status"] == "different" and "count 6 != 5" in same["error"]
     code, report, _ = run_cli("verify", str(hostile.root), dest, "--run", _good_pattern(exact))
     assert code == 0 and report["totals"]["verified"] == len(exact), report
 

@@ -255,8 +255,9 @@ def write_hostile_export(folder: Path, wide_attributes: int = WIDE_ATTRIBUTES) -
                                            _loss(main, run_id, 5).slice(3, 1)])])
     add(HostileCase("duplicate_points_same_value", main, run_id, MOVED,
                     "two identical rows for one (run, attribute, step)",
-                    "moves as is: a parquet export keeps both rows; MLflow keeps one (its metric key is "
-                    "key, step, timestamp, value) and does not count it yet: open gap"))
+                    "moves as is: a parquet export keeps both rows; MLflow's metric table keeps one "
+                    "(its key is key, step, timestamp, value), the run's manifest counts the copy "
+                    "(`duplicate_point_in_manifest`), read back whole, `verify` clean"))
 
     run_id = "DUP-DIFFERENT"
     clash = _loss(main, run_id, 5).slice(3, 1)

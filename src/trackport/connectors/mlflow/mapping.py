@@ -94,6 +94,8 @@ TRANSFORMATIONS: dict[str, str] = {
     "(the whole name stays in the sys/name param)",
     "file_extension_added": "file artifact named after its attribute path, plus the file's "
     "extension when the path has none",
+    "duplicate_point_in_manifest": "a point repeated exactly (same step, time and value) within a "
+    "batch: MLflow's metric table holds it once, the manifest counts the copies (read back whole)",
 }
 
 # What distinguishes a renamed key: MLflow keys cannot hold '~', so '--' + 8 hex.
@@ -488,6 +490,38 @@ def point_identity(steps: np.ndarray, timestamps: np.ndarray, values: np.ndarray
 _IDENTITY = np.dtype([("s", "<i8"), ("t", "<i8"), ("v", "<i8")])
 
 
+def repeated_points(codes: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """True for every copy after the first of a point (series code, step, time, stored value)
+    that occurs more than once: MLflow's metric table keeps one row for them all."""
+    n = codes.size
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    columns = (identity["v"], identity["t"], identity["s"], codes)
+    order = np.lexsort(columns)
+    same = np.ones(n - 1, dtype=bool)
+    for col in columns:
+        ordered = col[order]
+        same &= ordered[1:] == ordered[:-1]
+    repeated = np.zeros(n, dtype=bool)
+    repeated[order[1:][same]] = True
+    return repeated
+
+
+def copies_per_point(steps: np.ndarray, timestamps: np.ndarray, stored_values: np.ndarray,
+                     entry: "AttributeEntry") -> np.ndarray:
+    """How many times each point of a page read from MLflow was sent (1, or more for the
+    repeats the manifest lists)."""
+    counts = np.ones(steps.size, dtype=np.int64)
+    if not entry.repeats or not steps.size:
+        return counts
+    repeats = np.array([tuple(r) for r in entry.repeats], dtype=_IDENTITY)
+    repeats.sort(kind="stable")
+    probe = point_identity(steps, timestamps, stored_values)
+    lo = np.searchsorted(repeats, probe, side="left")
+    hi = np.searchsorted(repeats, probe, side="right")
+    return counts + (hi - lo)
+
+
 class PointIndex:
     """Sorted identities of the points already in a run (for resuming without resending)."""
 
@@ -523,6 +557,7 @@ class AttributeEntry:
     inf: bool = False              # a metric with +-inf points
     float_max: bool = False        # ...that also holds genuine +-float max values
     fixes: list[list] = field(default_factory=list)  # [MLflow step, ts ms, "inf"|"-inf"|"-0.0"]
+    repeats: list[list] = field(default_factory=list)  # [MLflow step, ts ms, value bits]: one extra copy each
     null_timestamps: bool = False  # a metric with filled timestamps
     null_steps: bool = False
     files: list[list] = field(default_factory=list)  # [step text|None, ts ms|None, source path, artifact]
@@ -541,6 +576,8 @@ class AttributeEntry:
                 out[name] = True
         if self.fixes:
             out["fixes"] = self.fixes
+        if self.repeats:
+            out["repeats"] = self.repeats
         if self.files:
             out["files"] = self.files
         return out
@@ -558,6 +595,7 @@ class AttributeEntry:
             inf=bool(data.get("inf")),
             float_max=bool(data.get("float_max")),
             fixes=[list(f) for f in data.get("fixes", [])],
+            repeats=[list(r) for r in data.get("repeats", [])],
             null_timestamps=bool(data.get("null_timestamps")),
             null_steps=bool(data.get("null_steps")),
             files=[list(f) for f in data.get("files", [])],

@@ -578,8 +578,15 @@ class MlflowRunWriter(RunWriter):
             last = int(valid_ts.max())
             self._last_ms = last if self._last_ms is None else max(self._last_ms, last)
         send = np.ones(n, dtype=bool)
+        ident = mp.point_identity(steps, ts, values)
+        repeated = mp.repeated_points(codes, ident)
+        if repeated.any():
+            for j in np.unique(codes[repeated]).tolist():
+                rows = repeated & (codes == j)
+                entries[j].repeats.extend(list(r) for r in ident[rows].tolist())
+                self._count("duplicate_point_in_manifest", int(rows.sum()), paths[j], entries[j])
+            send &= ~repeated
         if self._resumed:
-            ident = mp.point_identity(steps, ts, values)
             for j, entry in enumerate(entries):
                 rows = codes == j
                 index = self._existing_points(entry.key)

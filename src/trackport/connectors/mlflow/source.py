@@ -398,6 +398,10 @@ class _RunReader:
             ts = np.fromiter((m.timestamp for m in page), np.int64, n)
             values = np.fromiter((m.value for m in page), np.float64, n)
             if entry is not None:
+                copies = mp.copies_per_point(steps, ts, values, entry)
+                if copies.size and int(copies.max()) > 1:   # points sent more than once
+                    steps, ts, values = (np.repeat(a, copies) for a in (steps, ts, values))
+                    n = steps.size
                 unscaled = mp.unscaled_from_dest(steps, multiplier)
                 values = mp.restore_values(values, steps, ts, entry)
                 ts_valid = ts != 0 if entry.null_timestamps else np.ones(n, dtype=bool)
