@@ -120,6 +120,8 @@ def request_kind(method: str, path: str, body: bytes) -> str:
     if route.endswith("/runs/create"):
         return "create"
     if route.endswith("/runs/log-batch"):
+        if b"trackport.complete" in body:
+            return "complete"
         if b'"metrics"' in body:
             return "metrics"
         return "params" if b'"params"' in body else "tags"
