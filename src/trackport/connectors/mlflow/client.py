@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +39,9 @@ from requests.adapters import HTTPAdapter  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 from mlflow.utils.file_utils import local_file_uri_to_path  # noqa: E402
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri  # noqa: E402
 
 from trackport.core.errors import RunError, TransientError  # noqa: E402
 from trackport.core.model import RunRef  # noqa: E402
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_PAGE = 25_000     # what MlflowClient itself asks per page
 SEARCH_PAGE = 1_000
+ARTIFACT_REPOS_KEPT = 1_024   # as many as MLflow's own cache keeps
 
 _TRANSIENT_CODES = {
     "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
@@ -225,6 +229,7 @@ class Tracking:
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()        # the experiment cache (held while the client is made)
         self._experiments: dict[str, str] = {}
+        self._artifact_repos: OrderedDict[str, Any] = OrderedDict()   # run id -> repository
         from urllib.parse import urlsplit
 
         # The key under which workers share a rate-limit pause (one per server).
@@ -334,7 +339,9 @@ class Tracking:
                 return
 
     def get_run(self, run_id: str, project_id: str = "", origin_run: str = ""):
-        return self._call(f"reading run {run_id}", lambda: self.client.get_run(run_id), project_id, origin_run)
+        run = self._call(f"reading run {run_id}", lambda: self.client.get_run(run_id), project_id, origin_run)
+        self.remember_artifact_uri(run)
+        return run
 
     def create_run(self, experiment_id: str, start_time: int | None, run_name: str,
                    tags: dict[str, str], project_id: str, origin_run: str, existing=None):
@@ -356,12 +363,15 @@ class Tracking:
 
         if not self.is_server:
             with errors(project_id, origin_run):
-                return self.client.create_run(experiment_id, start_time=start_time, tags=tags,
-                                              run_name=run_name)
-        ref = RunRef(project_id, origin_run) if origin_run else None
-        return _backoff(self.endpoint).call(
-            "MLflow: creating the run", lambda: self._classified(create, project_id, origin_run), ref,
-            final=False)
+                run = self.client.create_run(experiment_id, start_time=start_time, tags=tags,
+                                             run_name=run_name)
+        else:
+            ref = RunRef(project_id, origin_run) if origin_run else None
+            run = _backoff(self.endpoint).call(
+                "MLflow: creating the run", lambda: self._classified(create, project_id, origin_run), ref,
+                final=False)
+        self.remember_artifact_uri(run)
+        return run
 
     def _classified(self, fn, project_id: str = "", run_id: str = "", file: str | None = None):
         with errors(project_id, run_id, file):
@@ -415,12 +425,31 @@ class Tracking:
 
     # -- artifacts ---------------------------------------------------------
 
+    def remember_artifact_uri(self, run) -> None:
+        """Keep the artifact repository of a run we created or read: MlflowClient.log_artifact
+        would ask the server for the run again (a `runs/get`) to learn the same URI."""
+        uri = add_databricks_profile_info_to_artifact_uri(run.info.artifact_uri, self.tracking_uri)
+        repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
+        with self._lock:
+            self._artifact_repos[run.info.run_id] = repo
+            while len(self._artifact_repos) > ARTIFACT_REPOS_KEPT:
+                self._artifact_repos.popitem(last=False)
+
+    def _artifact_repo(self, run_id: str):
+        with self._lock:
+            repo = self._artifact_repos.get(run_id)
+        if repo is None:   # a run we did not create or read here
+            self.get_run(run_id)
+            with self._lock:
+                repo = self._artifact_repos[run_id]
+        return repo
+
     def upload_file(self, run_id: str, local: Path, artifact_path: str) -> None:
         """Upload one file to exactly `artifact_path` (its name need not match the local one)."""
         directory, _, name = artifact_path.rpartition("/")
         what = f"uploading {artifact_path} to run {run_id}"
         if local.name == name:
-            self._retried(what, lambda: self.client.log_artifact(run_id, str(local), directory or None))
+            self._retried(what, lambda: self._artifact_repo(run_id).log_artifact(str(local), directory or None))
             return
         with tempfile.TemporaryDirectory(prefix="trackport-mlflow-up-") as tmp:
             link = Path(tmp) / name
@@ -428,11 +457,11 @@ class Tracking:
                 link.symlink_to(local.resolve())
             except OSError:
                 shutil.copyfile(local, link)
-            self._retried(what, lambda: self.client.log_artifact(run_id, str(link), directory or None))
+            self._retried(what, lambda: self._artifact_repo(run_id).log_artifact(str(link), directory or None))
 
     def upload_dir(self, run_id: str, local: Path, artifact_path: str) -> None:
         self._retried(f"uploading {artifact_path}/ to run {run_id}",
-                      lambda: self.client.log_artifacts(run_id, str(local), artifact_path))
+                      lambda: self._artifact_repo(run_id).log_artifacts(str(local), artifact_path))
 
     def list_artifacts(self, run_id: str, path: str | None = None) -> list:
         return self._retried(f"listing artifacts of run {run_id}",

@@ -395,6 +395,7 @@ class MlflowRunWriter(RunWriter):
         try:
             with errors(self.project_id, self.source_run):
                 run = self.tracking.client.get_run(run_id)
+            self.tracking.remember_artifact_uri(run)
         except RunError as exc:
             raise self._err(f"MLflow run {run_id} to resume cannot be read: {exc.reason}") from None
         tags = run.data.tags
@@ -722,11 +723,9 @@ class MlflowRunWriter(RunWriter):
             if self.bulk is not None:
                 self.bulk.flush()   # every point in the store before the completion mark
             self._flush_params()
-            self._drain()
             for path, spool in self._spools.items():
                 entry = self.manifest.attributes[path]
                 self._upload_internal(spool, entry.artifact)
-            self._drain()
             self.manifest.tags = sorted(self.tags)
             for path, chunks in self._fixes.items():
                 entry = self.manifest.attributes[path]
@@ -740,10 +739,13 @@ class MlflowRunWriter(RunWriter):
                                                     mp.fix_texts(fix_values[keep]))]
             manifest = self._tmp / "attributes.json"
             manifest.write_text(self.manifest.dumps(), encoding="utf-8")
+            # The manifest and the run's end go out with the last data requests (nothing reads
+            # them before the mark); only the completion mark waits for every answer.
+            self._upload_internal(manifest, mp.MANIFEST_PATH)
+            self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
+                         self._new_name())
+            self._drain()
             with errors(self.project_id, self.source_run):
-                self.tracking.upload_file(self.run_id, manifest, mp.MANIFEST_PATH)
-            with errors(self.project_id, self.source_run):
-                self.tracking.terminate(self.run_id, self._status(), self._end_time(), self._new_name())
                 # The source version and the completion mark go in one request, the mark last.
                 marks = [RunTag(mp.TAG_COMPLETE, "true")]
                 if self.plan.source_version is not None:
