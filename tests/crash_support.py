@@ -120,11 +120,13 @@ def request_kind(method: str, path: str, body: bytes) -> str:
     if route.endswith("/runs/create"):
         return "create"
     if route.endswith("/runs/log-batch"):
+        # Held data goes out with the next batch or with the completion mark: a request is
+        # named by the most telling thing it carries.
         if b"trackport.complete" in body:
             return "complete"
-        if b'"metrics"' in body:
-            return "metrics"
-        return "params" if b'"params"' in body else "tags"
+        if b'"params"' in body:
+            return "params"
+        return "metrics" if b'"metrics"' in body else "tags"
     if route.endswith("/runs/set-tag"):
         return "complete" if b"trackport.complete" in body else "set-tag"
     if route.endswith("/runs/update"):

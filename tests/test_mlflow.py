@@ -604,6 +604,23 @@ def test_store_deduplicates_identical_points_and_params(sink):
     assert tracking.client.get_run(run_id).data.params == {"p": "32"}
 
 
+
+def test_store_sets_no_tag_of_a_batch_whose_data_fails(sink):
+    """What sending the completion mark with the last data relies on, on the real store:
+    a log_batch whose params or metrics are refused sets none of its tags."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    tracking = sink.tracking
+    eid = tracking.experiment_id(unique("mark-order"), create=True)
+    run_id = tracking.client.create_run(eid).info.run_id
+    tracking.log_batch(run_id, [], [Param("p", "1")], [])
+    with pytest.raises((RunError, MlflowException)):   # MLflow cannot change a param
+        tracking.log_batch(run_id, [Metric("m", 1.0, 5, 0)], [Param("p", "2")], [RunTag(mp.TAG_COMPLETE, "true")])
+    run = tracking.client.get_run(run_id)
+    assert mp.TAG_COMPLETE not in run.data.tags
+    assert run.data.params == {"p": "1"}
+
 def test_resume_with_other_multiplier_is_refused(server_sink):
     project = unique("mult")
     table = rows_to_table([{"attribute_path": "m", "attribute_type": "float_series", "step": Decimal(i),

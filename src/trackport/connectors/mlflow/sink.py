@@ -267,8 +267,11 @@ class MlflowRunWriter(RunWriter):
         self._futures: set[Future] = set()
         self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-", dir=plan.options.get("tmp_dir")))
         self._spools: dict[str, Path] = {}
-        self._params: list[Any] = []
-        self._params_bytes = 0
+        # Params and points wait in one held batch until the next would not fit (or the
+        # completion mark takes them along): small runs need one log_batch in all.
+        self._held_metrics: list[Any] = []
+        self._held_params: list[Any] = []
+        self._held_bytes = 0
         self._sent_params: dict[str, str] = {}
         self._existing_params: dict[str, str] = {}
         self._uploaded: set[str] = set()
@@ -525,17 +528,29 @@ class MlflowRunWriter(RunWriter):
                         f"the MLflow run to load it again"
                     )
                 continue
-            size = mp.json_size(key) + mp.json_size(text) + 24
-            if (len(self._params) >= mp.MAX_PARAMS_TAGS_PER_BATCH
-                    or self._params_bytes + size > mp.MAX_BATCH_BYTES):
-                self._flush_params()
-            self._params.append(Param(key, text))
-            self._params_bytes += size
+            self._hold(params=[Param(key, text)], size=mp.json_size(key) + mp.json_size(text) + 24)
 
-    def _flush_params(self) -> None:
-        if self._params:
-            params, self._params, self._params_bytes = self._params, [], 0
-            self._submit(self.tracking.log_batch, self.run_id, (), params, ())
+    def _fits(self, metrics: int, params: int, tags: int, size: int) -> bool:
+        """Would the held batch, with this much more, still be one valid log_batch?"""
+        metrics += len(self._held_metrics)
+        params += len(self._held_params)
+        return (metrics <= mp.MAX_METRICS_PER_BATCH and params <= mp.MAX_PARAMS_TAGS_PER_BATCH
+                and tags <= mp.MAX_PARAMS_TAGS_PER_BATCH
+                and metrics + params + tags <= mp.MAX_ENTITIES_PER_BATCH
+                and self._held_bytes + size <= mp.MAX_BATCH_BYTES)
+
+    def _hold(self, metrics: list = (), params: list = (), size: int = 0) -> None:
+        if not self._fits(len(metrics), len(params), 0, size):
+            self._send_held()
+        self._held_metrics.extend(metrics)
+        self._held_params.extend(params)
+        self._held_bytes += size
+
+    def _send_held(self) -> None:
+        if self._held_metrics or self._held_params:
+            metrics, params = self._held_metrics, self._held_params
+            self._held_metrics, self._held_params, self._held_bytes = [], [], 0
+            self._submit(self.tracking.log_batch, self.run_id, metrics, params, ())
 
     def _write_metrics(self, table: pa.Table) -> None:
         n = table.num_rows
@@ -610,7 +625,7 @@ class MlflowRunWriter(RunWriter):
             end = i + chunk
             metrics = [Metric(k, v, t, s) for k, v, t, s in zip(
                 key_array[i:end].tolist(), values[i:end].tolist(), ts[i:end].tolist(), steps[i:end].tolist())]
-            self._submit(self.tracking.log_batch, self.run_id, metrics, (), ())
+            self._hold(metrics=metrics, size=len(metrics) * per)
 
     def _write_series(self, table: pa.Table) -> None:
         paths = table.column("attribute_path").to_pylist()
@@ -722,7 +737,6 @@ class MlflowRunWriter(RunWriter):
         try:
             if self.bulk is not None:
                 self.bulk.flush()   # every point in the store before the completion mark
-            self._flush_params()
             for path, spool in self._spools.items():
                 entry = self.manifest.attributes[path]
                 self._upload_internal(spool, entry.artifact)
@@ -744,13 +758,24 @@ class MlflowRunWriter(RunWriter):
             self._upload_internal(manifest, mp.MANIFEST_PATH)
             self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
                          self._new_name())
+            marks = [RunTag(mp.TAG_COMPLETE, "true")]
+            if self.plan.source_version is not None:
+                marks.insert(0, RunTag(mp.TAG_SOURCE_VERSION, self.plan.source_version))
+            if not self._fits(0, 0, len(marks), sum(mp.json_size(t.key) + mp.json_size(t.value) + 24
+                                                    for t in marks)):
+                self._send_held()
             self._drain()
             with errors(self.project_id, self.source_run):
-                # The source version and the completion mark go in one request, the mark last.
-                marks = [RunTag(mp.TAG_COMPLETE, "true")]
-                if self.plan.source_version is not None:
-                    marks.insert(0, RunTag(mp.TAG_SOURCE_VERSION, self.plan.source_version))
-                self.tracking.log_batch(self.run_id, tags=marks)
+                # The last held data, the source version and the completion mark go in one
+                # request once every other answer is in.  That is safe because MLflow's
+                # log_batch writes params, then metrics, then tags, and fails before the tags
+                # if the data fails: the mark never lands without its data. See
+                # https://github.com/mlflow/mlflow/blob/master/mlflow/store/tracking/sqlalchemy_store.py
+                # (SqlAlchemyStore.log_batch); a retried batch is idempotent (_log_metrics skips
+                # points already stored, an equal param is accepted).
+                metrics, params = self._held_metrics, self._held_params
+                self._held_metrics, self._held_params, self._held_bytes = [], [], 0
+                self.tracking.log_batch(self.run_id, metrics, params, marks)
         except BaseException:
             self.abort()
             raise
