@@ -604,7 +604,6 @@ def test_store_deduplicates_identical_points_and_params(sink):
     assert tracking.client.get_run(run_id).data.params == {"p": "32"}
 
 
-
 def test_store_sets_no_tag_of_a_batch_whose_data_fails(sink):
     """What sending the completion mark with the last data relies on, on the real store:
     a log_batch whose params or metrics are refused sets none of its tags."""
@@ -620,6 +619,7 @@ def test_store_sets_no_tag_of_a_batch_whose_data_fails(sink):
     run = tracking.client.get_run(run_id)
     assert mp.TAG_COMPLETE not in run.data.tags
     assert run.data.params == {"p": "1"}
+
 
 def test_resume_with_other_multiplier_is_refused(server_sink):
     project = unique("mult")

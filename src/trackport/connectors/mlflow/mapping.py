@@ -728,6 +728,11 @@ def json_size(text: str) -> int:
     return len(json.dumps(text))
 
 
+def entry_size(key: str, value: str) -> int:
+    """Upper bound of one param or tag inside a log_batch request body."""
+    return json_size(key) + json_size(value) + 24
+
+
 def batches(items: list, sizes: list[int], max_count: int, max_bytes: int = MAX_BATCH_BYTES):
     """Consecutive slices of `items` with at most `max_count` items and about `max_bytes` bytes."""
     start, total = 0, 0

@@ -377,7 +377,7 @@ class MlflowRunWriter(RunWriter):
                 later = [] if with_create else own
             if parent_origin is not None and parent_id is None:
                 self.sink._wait_for_parent(self.run_id, self.experiment_id, parent_origin)
-            sizes = [mp.json_size(t.key) + mp.json_size(t.value) + 24 for t in later]
+            sizes = [mp.entry_size(t.key, t.value) for t in later]
             for batch in mp.batches(later, sizes, mp.MAX_PARAMS_TAGS_PER_BATCH):
                 with errors(self.project_id, self.source_run):
                     self.tracking.log_batch(self.run_id, tags=batch)
@@ -528,7 +528,7 @@ class MlflowRunWriter(RunWriter):
                         f"the MLflow run to load it again"
                     )
                 continue
-            self._hold(params=[Param(key, text)], size=mp.json_size(key) + mp.json_size(text) + 24)
+            self._hold(params=[Param(key, text)], size=mp.entry_size(key, text))
 
     def _fits(self, metrics: int, params: int, tags: int, size: int) -> bool:
         """Would the held batch, with this much more, still be one valid log_batch?"""
@@ -546,11 +546,14 @@ class MlflowRunWriter(RunWriter):
         self._held_params.extend(params)
         self._held_bytes += size
 
+    def _take_held(self) -> tuple[list, list]:
+        metrics, params = self._held_metrics, self._held_params
+        self._held_metrics, self._held_params, self._held_bytes = [], [], 0
+        return metrics, params
+
     def _send_held(self) -> None:
         if self._held_metrics or self._held_params:
-            metrics, params = self._held_metrics, self._held_params
-            self._held_metrics, self._held_params, self._held_bytes = [], [], 0
-            self._submit(self.tracking.log_batch, self.run_id, metrics, params, ())
+            self._submit(self.tracking.log_batch, self.run_id, *self._take_held(), ())
 
     def _write_metrics(self, table: pa.Table) -> None:
         n = table.num_rows
@@ -761,8 +764,7 @@ class MlflowRunWriter(RunWriter):
             marks = [RunTag(mp.TAG_COMPLETE, "true")]
             if self.plan.source_version is not None:
                 marks.insert(0, RunTag(mp.TAG_SOURCE_VERSION, self.plan.source_version))
-            if not self._fits(0, 0, len(marks), sum(mp.json_size(t.key) + mp.json_size(t.value) + 24
-                                                    for t in marks)):
+            if not self._fits(0, 0, len(marks), sum(mp.entry_size(t.key, t.value) for t in marks)):
                 self._send_held()
             self._drain()
             with errors(self.project_id, self.source_run):
@@ -773,9 +775,7 @@ class MlflowRunWriter(RunWriter):
                 # https://github.com/mlflow/mlflow/blob/master/mlflow/store/tracking/sqlalchemy_store.py
                 # (SqlAlchemyStore.log_batch); a retried batch is idempotent (_log_metrics skips
                 # points already stored, an equal param is accepted).
-                metrics, params = self._held_metrics, self._held_params
-                self._held_metrics, self._held_params, self._held_bytes = [], [], 0
-                self.tracking.log_batch(self.run_id, metrics, params, marks)
+                self.tracking.log_batch(self.run_id, *self._take_held(), marks)
         except BaseException:
             self.abort()
             raise
