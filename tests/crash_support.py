@@ -21,10 +21,12 @@ KILL_AT: `call:QUALNAME:N`, `return:QUALNAME:N` or `audit:EVENT:SUBSTRING:N`
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 import threading
+import types
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,22 @@ from pathlib import Path
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+_qualnames: dict = {}
+
+
+def _qualname(code) -> str:
+    """The qualified name of a code object: `co_qualname` from Python 3.11 on; before
+    that, the `__qualname__` of the function that owns the code (found once, then cached)."""
+    name = getattr(code, "co_qualname", None)
+    if name is not None:
+        return name
+    name = _qualnames.get(code)
+    if name is None:
+        owners = [f for f in gc.get_referrers(code) if isinstance(f, types.FunctionType) and f.__code__ is code]
+        name = _qualnames[code] = owners[0].__qualname__ if owners else code.co_name
+    return name
 
 
 def _parse(spec: str) -> tuple[str, str, str | None, int]:
@@ -65,8 +83,13 @@ def arm(specs: list[str], kill: bool) -> Counter:
                 _die()
 
     if by_code:
+        short_names = {name.rsplit(".", 1)[-1] for _, name in by_code}
+
         def profile(frame, event, arg):
-            spec = by_code.get((event, frame.f_code.co_qualname))
+            code = frame.f_code
+            if code.co_name not in short_names:
+                return
+            spec = by_code.get((event, _qualname(code)))
             if spec is not None:
                 hit(spec)
 

@@ -23,7 +23,7 @@ import pytest
 
 __all__ = ["mlflow_server", "mlflow_sqlite_uri", "start_mlflow_server", "stop_mlflow_server"]
 
-_STARTUP_TIMEOUT = 120.0
+_STARTUP_TIMEOUT = 300.0  # a bound, not a wait: a loaded 2-core machine has needed over 120 s
 
 
 def _free_port() -> int:

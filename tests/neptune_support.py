@@ -7,7 +7,7 @@ from pathlib import Path
 
 def conformance_target(tmp_path: Path, generation: str):
     """corpus -> neptune{2,3}:// in offline mode -> neptune:DATA_DIR; nothing may differ."""
-    from support import Target
+    from trackport.testing.conformance import Target
 
     data = tmp_path / f"neptune{generation}-data"
     return Target(
@@ -183,3 +183,77 @@ def expected_table(project_id: str, run_id: str, rows: list):
     for path, typ, steps, ts, values in (r for r in rows if isinstance(r, tuple)):
         tables.append(series_table(project_id, run_id, path, typ, values, micro_steps(steps), ts))
     return pa.concat_tables(tables)
+
+
+# -- 2.x async queues as the real client leaves them ---------------------------------
+# The real `neptune` 1.x client in async mode (its AsyncOperationProcessor, DiskQueue and
+# acknowledgements), talking to the client's own in-memory backend instead of the hosted
+# service; like HostedNeptuneBackend.execute_operations, the backend deletes an upload's
+# temporary file once it has been sent.  The process ends with os._exit, as a killed
+# training does, so the queues stay on disk: acknowledged operations and a pending tail.
+_ASYNC_WRITER = r'''
+import os, sys
+os.environ["NEPTUNE_DATA_DIRECTORY"] = sys.argv[1]
+import neptune
+import neptune.metadata_containers.metadata_container as mc
+from neptune.internal.backends.neptune_backend_mock import NeptuneBackendMock
+from neptune.internal.container_type import ContainerType
+from neptune.types import File
+
+
+class Server(NeptuneBackendMock):
+    created = None
+
+    def create_run(self, *args, **kwargs):
+        self.created = super().create_run(*args, **kwargs)
+        return self.created
+
+    def get_metadata_container(self, container_id, expected_container_type):
+        if expected_container_type == ContainerType.RUN and self.created is not None:
+            return self.created                                 # resuming the run created above
+        return super().get_metadata_container(container_id, expected_container_type)
+
+    def execute_operations(self, container_id, container_type, operations, operation_storage):
+        out = super().execute_operations(container_id, container_type, operations, operation_storage)
+        for op in operations:
+            op.clean(operation_storage=operation_storage)
+        return out
+
+
+server = Server()
+mc.get_backend = lambda mode, api_token=None, proxies=None: server
+quiet = dict(project="ws/proj", mode="async", flush_period=1000, capture_hardware_metrics=False,
+             capture_stdout=False, capture_stderr=False, capture_traceback=False, git_ref=False, source_files=[])
+run = neptune.init_run(**quiet)
+run["params/lr"] = 0.1
+for i in range(3):
+    run["train/loss"].append(1.0 / (i + 1))                    # no step: numbered 0, 1, 2
+run["train/loss"].append(9.0, step=10)
+run["train/loss"].append(8.0)                                  # 11
+run["monitoring/stdout"].append("line a")                      # 0 (its own series)
+run["files/sent"].upload(File.from_content(b"sent bytes", extension="bin"))
+run.wait()                                                     # acknowledged: the tmp file is gone
+# a second execution of the same run (resumed by its id), its own queue folder
+again = neptune.init_run(with_id=run["sys/id"].fetch(), **quiet)
+again["train/loss"].append(7.0)                                # 12: continues the series
+again["files/pending"].upload(File.from_content(b"pending bytes", extension="bin"))
+again._op_processor._queue.flush()                            # pending: never sent
+mv = neptune.init_model_version(model="PROJ-MOD", **{k: v for k, v in quiet.items() if k in ("project", "mode", "flush_period")})
+mv["val/acc"].append(0.5)
+mv["val/acc"].append(0.75)
+mv.wait()
+os._exit(0)
+'''
+
+
+def write_sdk2_async(data_dir: Path) -> None:
+    """Run the writer above in its own process (it ends with os._exit)."""
+    import subprocess
+    import sys
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    script = data_dir.parent / "async_writer.py"
+    script.write_text(_ASYNC_WRITER)
+    done = subprocess.run([sys.executable, str(script), str(data_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,7 @@ bodies follow the SDK source:
 - pluto/query.py (GET /api/runs/list, /api/runs/details/{id}, /api/runs/metrics,
   /api/runs/files, /api/runs/logs).
 
-Behaviour copied from the real service (DESIGN.md section 7): externalId is
+Behaviour copied from the real service (docs/pluto.md): externalId is
 unique per project and a create with a taken one flips that run to RUNNING
 and answers `resumed: true` (the SDK then raises RunExistsError); the list
 items carry no externalId, the details do; NDJSON steps must be non-negative
@@ -157,8 +157,8 @@ class PlutoTestServer:
         self._release.set()
 
     def conformance_target(self, tmp_path):
-        """The `pluto` entry of tests/test_conformance.py: copy, verify, read back through this server."""
-        from support import Target
+        """The conformance target of tests/test_pluto.py: copy, verify, read back through this server."""
+        from trackport.testing.conformance import Target
 
         return Target("pluto://conformance")
 
@@ -307,7 +307,7 @@ class PlutoTestServer:
             ext = doc.get("externalId")
             for run in self.runs.values():
                 if ext and run.project == project and run.external_id == ext:
-                    run.status = "RUNNING"       # the real server reopens it (DESIGN.md section 7)
+                    run.status = "RUNNING"       # the real server reopens it (docs/pluto.md)
                     run.status_history.append("RUNNING")
                     return 200, {"runId": run.id, "url": f"{self.url}/o/runs/{run.id}", "resumed": True,
                                  "displayId": f"T-{run.id}"}

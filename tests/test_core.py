@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import re
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from trackport.connectors.parquet.layout import safe_variants
 from trackport.core import layout, steps
-from trackport.core.errors import MissingExtraError, UsageError
+from trackport.core.connector import FileAccess
+from trackport.core.errors import MissingExtraError, RunError, RunScoped, UsageError
+from trackport.core.files import DirectoryFiles, materialise
+from trackport.core.model import RunRef
 from trackport.core.registry import open_sink, parse_uri, redact
-from trackport.core.schema import SCHEMA, STEP_TYPE, SchemaError, check_types, conform, rows_to_table
+from trackport.core.schema import (SCHEMA, STEP_TYPE, SchemaError, check_types, conform, ms_from_datetime,
+                                   rows_to_table)
 
 
 def test_safe_follows_the_layout_rule():
@@ -23,7 +33,8 @@ def test_safe_follows_the_layout_rule():
     assert layout.safe("RUN-1_a") == "RUN-1_a-" + hashlib.blake2b(b"RUN-1_a", digest_size=8).hexdigest()
     # Non-ASCII letters are outside [A-Za-z0-9_-]; old neptune-exporter kept them, both are looked up.
     assert layout.safe("ü").startswith("_-")
-    assert layout.safe_variants("ü")[1].startswith("ü-")
+    assert safe_variants("ü") == ["_-" + hashlib.blake2b("ü".encode(), digest_size=8).hexdigest(),
+                                  "ü-" + hashlib.blake2b("ü".encode(), digest_size=8).hexdigest()]
 
 
 def test_resolve_inside_refuses_escapes(tmp_path):
@@ -47,6 +58,28 @@ def test_unscaled_and_places_are_exact():
     assert steps.decimal_places(steps.unscaled(_steps("1", "2", "30"))) == 0
     assert steps.decimal_places(steps.unscaled(_steps("1.5", "2.25"))) == 2
     assert steps.decimal_places(steps.unscaled(_steps("0.000001"))) == 6
+
+
+def test_step_text_is_the_shortest_exact_decimal():
+    assert [steps.step_text(Decimal(v)) for v in ("7.500000", "-0.500000", "100.000000", "0.000001", "0")] == [
+        "7.5", "-0.5", "100", "0.000001", "0"]
+    assert steps.step_text(None) is None and steps.step_text(3) == "3"
+    assert [steps.unscaled_text(u) for u in (7_500_000, -500_000, 3_000_000, 1, 0, None)] == [
+        "7.5", "-0.5", "3", "0.000001", "0", None]
+    big = 10**18 - 1      # the largest decimal(18,6) step: both spellings agree, no float rounding
+    assert steps.unscaled_text(big) == steps.step_text(Decimal(big).scaleb(-6)) == "999999999999.999999"
+
+
+def test_ms_from_datetime_is_exact():
+    when = datetime(2024, 5, 6, 7, 8, 9, 123_999, tzinfo=timezone.utc)
+    ms = 1_714_979_289_123          # floored to the ms, never rounded through a float
+    assert ms_from_datetime(when) == ms
+    assert ms_from_datetime(when.replace(tzinfo=None)) == ms                      # naive = UTC
+    assert ms_from_datetime(when.astimezone(timezone(timedelta(hours=2)))) == ms
+    assert ms_from_datetime(np.datetime64(ms, "ms")) == ms == ms_from_datetime(np.int64(ms))
+    assert ms_from_datetime(None) is None and ms_from_datetime(float("nan")) is None
+    with pytest.raises(TypeError):
+        ms_from_datetime("2024-05-06")
 
 
 def test_converter_never_goes_through_floats():
@@ -108,9 +141,81 @@ def test_uris():
     assert parse_uri("mlflow:sqlite:////tmp/x.db").rest == "sqlite:////tmp/x.db"
     assert parse_uri("./exports").scheme == "parquet"
     assert parse_uri("parquet:/x").rest == "/x"
-    with pytest.raises(UsageError, match="known schemes: mlflow"):
-        parse_uri("comet://ws/proj")
+    with pytest.raises(UsageError, match=r"unknown scheme 'nosuchtracker'.*trackport connectors.*mlflow:sqlite"):
+        parse_uri("nosuchtracker://ws/proj")
     assert redact("mlflow+https://user:s3cret@host:5000/x?token=abc") == "mlflow+https://host:5000/x?token=***"
+
+
+def test_directory_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = "tensorboard:./logs"
+    for text in ("tensorboard:logs", "tensorboard: logs ", "tensorboard://logs"):
+        assert parse_uri(text).directory(example) == tmp_path / "logs"
+    for text in ("tensorboard:/abs/logs", "tensorboard:///abs/logs", "tensorboard:file:///abs/logs"):
+        assert parse_uri(text).directory(example) == Path("/abs/logs")
+    assert parse_uri("tensorboard:a/../b").directory(example) == tmp_path / "a" / ".." / "b"   # not normalised
+    assert parse_uri("tensorboard:~/x").directory(example) == Path.home() / "x"
+    for text in ("tensorboard:", "tensorboard:  ", "tensorboard://"):
+        with pytest.raises(UsageError, match="tensorboard: needs a directory: tensorboard:./logs"):
+            parse_uri(text).directory(example)
+
+
+def test_directory_files_stay_inside_their_root(tmp_path):
+    root, run = tmp_path / "root", RunRef("proj", "run-1")
+    (root / "set").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"a")
+    (root / "set" / "b.txt").write_bytes(b"b")
+    (tmp_path / "secret").write_text("x")
+    files = DirectoryFiles(root, run, holder="the export")
+    assert files.local_path("a.txt") == root / "a.txt" and files.open("a.txt").read() == b"a"
+    assert files.measure("set") == (1, 1)
+    (root / "link").symlink_to(tmp_path / "secret")
+    (root / "inner").symlink_to(root / "a.txt")
+    assert files.open("inner").read() == b"a"                  # a symlink that stays inside is followed
+    refused = {"../secret": "escapes the files root", "link": "leads outside the files root",
+               "/etc/passwd": "absolute", "nope.txt": "file missing from the export"}
+    (root / "set" / "out").symlink_to(tmp_path / "secret")      # a folder carrying a file from elsewhere
+    refused["set"] = "'out', a symlink that leads outside"
+    os.mkfifo(root / "pipe")                                   # opening it would wait for a writer
+    refused["pipe"] = "named pipe"
+    for path, reason in refused.items():
+        with pytest.raises(RunError, match=re.escape(reason)) as caught:
+            files.open(path)
+        assert (caught.value.project_id, caught.value.run_id, caught.value.file) == ("proj", "run-1", path)
+
+
+class _Streamed(FileAccess):
+    """A source whose files have no local path: only bytes."""
+
+    def __init__(self, data: dict[str, bytes]):
+        self.data = data
+
+    def open(self, path: str):
+        if path not in self.data:
+            raise FileNotFoundError(path)
+        return io.BytesIO(self.data[path])
+
+
+class _Run(RunScoped):
+    err_run = RunRef("proj", "run-1")
+
+
+def test_materialise_streams_into_scratch_or_uses_the_local_file(tmp_path):
+    streamed = _Streamed({"a/model.bin": b"one", "b/model.bin": b"two"})
+    first = materialise(streamed, "a/model.bin", tmp_path / "s", _Run()._err)
+    second = materialise(streamed, "b/model.bin", tmp_path / "s", _Run()._err)
+    assert first.name == second.name == "model.bin" and first != second       # one base name, two files
+    assert (first.read_bytes(), second.read_bytes()) == (b"one", b"two")
+    named = materialise(streamed, "a/model.bin", tmp_path / "s", _Run()._err, name="fixed")
+    assert named == tmp_path / "s" / "fixed" and named.read_bytes() == b"one"
+    with pytest.raises(RunError, match="cannot read file") as caught:
+        materialise(streamed, "gone.bin", tmp_path / "s", _Run()._err)
+    assert (caught.value.run_id, caught.value.file) == ("run-1", "gone.bin")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "x.txt").write_bytes(b"x")
+    on_disk = DirectoryFiles(tmp_path / "root", RunRef("proj", "run-1"))
+    assert materialise(on_disk, "x.txt", tmp_path / "s2", _Run()._err) == tmp_path / "root" / "x.txt"
+    assert not (tmp_path / "s2").exists()                       # nothing copied
 
 
 def test_missing_extra_names_the_pip_line(monkeypatch):
@@ -136,3 +241,14 @@ def test_import_and_help_load_no_tracker_sdk():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_version_is_the_one_pyproject_declares():
+    import re
+    from pathlib import Path
+
+    import trackport
+
+    declared = re.search(r'^version = "([^"]+)"', (Path(__file__).resolve().parents[1] / "pyproject.toml")
+                         .read_text(), re.M).group(1)
+    assert trackport.__version__ == declared

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from trackport.core.layout import PART_RE, safe
+from trackport.connectors.parquet.layout import PART_RE, safe
 from trackport.core.schema import SCHEMA, VALUE_COLUMN
 from trackport.testing import (
     CASES,

@@ -46,7 +46,7 @@ from crash_support import (APPLIED, CRASH_PROJECT, LOST, MLFLOW_CASES, ProxyKill
                            leftovers, mlflow_census, write_tensorboard_logdir)
 from fault_proxy import FaultProxy
 from support import canonical_rows, read_plain_export, run_cli
-from trackport.core import layout
+from trackport.connectors.parquet import layout
 from trackport.testing.corpus import CORPUS_PROJECT
 from trackport.testing.exporter_layout import write_exporter_export
 

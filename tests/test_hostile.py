@@ -22,7 +22,7 @@ import pytest
 
 from support import canonical_rows, read_plain_export, run_cli
 from trackport.connectors.mlflow.mapping import TRANSFORMATIONS as MLFLOW_TRANSFORMATIONS
-from trackport.core import layout
+from trackport.connectors.parquet import layout
 from trackport.testing import hostile as h
 
 # What each failing case's error must say besides the run, the file and "Fix:".
@@ -40,6 +40,9 @@ FAILURE_WORDS = {
     "escape_symlink_in_file_set": ["'stolen.txt', a symlink that leads outside the files root"],
     "missing_file": ["file missing", "restore the file", "--allow-drops"],
     "zero_row_part": ["holds no rows"],
+    "named_pipe": ["is a named pipe, not a regular file", "nothing of this run was written", "--allow-drops"],
+    "files_folder_symlinked_out": ["leads outside the export root", "nothing is read through it"],
+    "part_gap": ["_part_1 missing", "damaged", "export the run again"],
 }
 
 
@@ -162,7 +165,8 @@ def test_allow_drops_moves_runs_without_their_bad_files_and_says_so(hostile, tmp
     before = _tree(hostile.root.parent)
     out = tmp_path / "out"
     file_cases = [hostile.case(c) for c in ("escape_dotdot", "escape_absolute", "escape_symlink",
-                                            "escape_symlink_in_file_set", "missing_file")]
+                                            "escape_symlink_in_file_set", "missing_file", "named_pipe",
+                                            "files_folder_symlinked_out")]
     code, report, output = run_cli("export", str(hostile.root), str(out), "--allow-drops",
                                    "--run", _good_pattern(file_cases))
     assert code == 0 and "Traceback" not in output
@@ -208,7 +212,9 @@ def test_mlflow_store_gets_every_good_run_with_declared_transformations(hostile,
     assert "duplicate_point_in_manifest" not in t["duplicate_points_different_values"]
     assert t["odd_names"]["key_sanitized"] >= len(h.ODD_ATTRIBUTES)
     assert "step_floored" not in t["good_1"]
-    _assert_nothing_outside(hostile, before, tmp_path, {"mlflow.db", "mlartifacts", "mlruns", ".trackport"})
+    # the store's own lock folder (core/claims.py) belongs to the destination too
+    _assert_nothing_outside(hostile, before, tmp_path, {"mlflow.db", ".mlflow.db.trackport-locks", "mlartifacts",
+                                                        "mlruns", ".trackport"})
 
     code, report, output = run_cli("verify", str(hostile.root), dest, *args)
     assert "Traceback" not in output

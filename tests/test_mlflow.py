@@ -28,7 +28,27 @@ from trackport.core.registry import parse_uri
 from trackport.core.report import RunReport
 from trackport.core.schema import DEST_STEP, PARAM_TYPES, SCHEMA, STEPPED_TYPES, rows_to_table
 from trackport.core.steps import StepConverter, decimal_steps
-from trackport.connectors.mlflow import mapping as mp
+from trackport.connectors.mlflow.artifacts import (
+    file_artifact, file_series_artifact, long_param_artifact, series_artifact,
+)
+from trackport.connectors.mlflow.batching import (
+    MAX_BATCH_BYTES, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, HeldBatch, batches,
+    json_size,
+)
+from trackport.connectors.mlflow.keys import KeyMap, is_valid_key, sanitize_key, short_hash
+from trackport.connectors.mlflow.manifest import Manifest
+from trackport.connectors.mlflow.points import (
+    FLOAT_MAX, PointIndex, point_identity, unscaled_from_dest,
+)
+from trackport.connectors.mlflow.tags import (
+    TAG_COMPLETE, TAG_FORK_PARENT, TAG_FORK_STEP, TAG_MULTIPLIER, TAG_NOTE, TAG_ORIGIN_RUN,
+    TAG_ORIGIN_URI, TAG_PARENT, tag_plan,
+)
+from trackport.connectors.mlflow.values import (
+    datetime_from_ms, param_text, param_value, step_texts, unscaled_from_text,
+)
+
+from support import run_cli
 
 UTC = timezone.utc
 ORIGIN_URI = "parquet:/data/export"
@@ -55,31 +75,31 @@ ORIGIN_URI = "parquet:/data/export"
     ],
 )
 def test_sanitize_key(path, key):
-    assert mp.sanitize_key(path) == key
-    assert mp.is_valid_key(key)
+    assert sanitize_key(path) == key
+    assert is_valid_key(key)
 
 
 def test_sanitize_key_long_is_cut_with_hash_of_original():
     path = "p/" + "x" * 400
-    key = mp.sanitize_key(path)
-    assert len(key) == 250 and mp.is_valid_key(key)
-    assert key.endswith("--" + mp.short_hash(path))
-    assert mp.sanitize_key("p/" + "x" * 401) != key
+    key = sanitize_key(path)
+    assert len(key) == 250 and is_valid_key(key)
+    assert key.endswith("--" + short_hash(path))
+    assert sanitize_key("p/" + "x" * 401) != key
 
 
 def test_key_map_collisions_are_deterministic_and_keep_clean_paths():
     paths = ["a?b", "a_b", "a!b", "plain"]
-    one = mp.KeyMap(paths)
-    two = mp.KeyMap(list(reversed(paths)))
+    one = KeyMap(paths)
+    two = KeyMap(list(reversed(paths)))
     assert {p: one.key(p) for p in paths} == {p: two.key(p) for p in paths}
     assert one.key("a_b") == "a_b" and not one.info("a_b").renamed
     assert one.key("plain") == "plain"
     # "a!b" sorts before "a?b": it is placed first, then "a?b" is renamed.
-    assert one.key("a!b") == "a_b--" + mp.short_hash("a!b")
-    assert one.key("a?b") == "a_b--" + mp.short_hash("a?b")
+    assert one.key("a!b") == "a_b--" + short_hash("a!b")
+    assert one.key("a?b") == "a_b--" + short_hash("a?b")
     assert one.info("a?b").sanitized and one.info("a?b").renamed
     assert len({one.key(p) for p in paths}) == 4
-    assert all(mp.is_valid_key(one.key(p)) for p in paths)
+    assert all(is_valid_key(one.key(p)) for p in paths)
 
 
 @pytest.mark.parametrize(
@@ -99,24 +119,23 @@ def test_key_map_collisions_are_deterministic_and_keep_clean_paths():
     ],
 )
 def test_param_text_round_trip(attribute_type, value, text):
-    assert mp.param_text(attribute_type, value) == text
-    assert mp.param_value(attribute_type, text) == value
-    assert type(mp.param_value(attribute_type, text)) is type(value)
+    assert param_text(attribute_type, value) == text
+    assert param_value(attribute_type, text) == value
+    assert type(param_value(attribute_type, text)) is type(value)
 
 
 def test_param_text_nan():
-    assert mp.param_text("float", float("nan")) == "nan"
-    assert math.isnan(mp.param_value("float", "nan"))
+    assert param_text("float", float("nan")) == "nan"
+    assert math.isnan(param_value("float", "nan"))
 
 
 def test_steps_exact():
-    assert [mp.step_text(u) for u in (7_500_000, -500_000, 3_000_000, 1, 0)] == ["7.5", "-0.5", "3", "0.000001", "0"]
     steps = pa.array([Decimal("7.5"), None, Decimal("-120.01"), Decimal("100")], pa.decimal128(18, 6))
-    texts = mp.step_texts(steps)
+    texts = step_texts(steps)
     assert texts == ["7.5", None, "-120.01", "100"]
-    assert [mp.unscaled_from_text(t) for t in ("7.5", "-120.01", "100", "0.000001")] == [
+    assert [unscaled_from_text(t) for t in ("7.5", "-120.01", "100", "0.000001")] == [
         7_500_000, -120_010_000, 100_000_000, 1]
-    back = mp.unscaled_from_dest(np.array([750, -12001, 10_000]), 100)
+    back = unscaled_from_dest(np.array([750, -12001, 10_000]), 100)
     assert back.tolist() == [7_500_000, -120_010_000, 100_000_000]
     arr = decimal_steps(back, np.array([True, True, False]))
     assert arr.to_pylist() == [Decimal("7.5"), Decimal("-120.01"), None]
@@ -124,24 +143,24 @@ def test_steps_exact():
 
 
 def test_point_index_matches_what_the_store_keeps():
-    existing = mp.point_identity(np.array([1, 2, 3]), np.array([10, 0, 30]),
-                                 np.array([float("nan"), mp.FLOAT_MAX, 0.5]))
-    index = mp.PointIndex(existing)
-    probe = mp.point_identity(np.array([1, 2, 3, 3]), np.array([10, 0, 30, 31]),
+    existing = point_identity(np.array([1, 2, 3]), np.array([10, 0, 30]),
+                                 np.array([float("nan"), FLOAT_MAX, 0.5]))
+    index = PointIndex(existing)
+    probe = point_identity(np.array([1, 2, 3, 3]), np.array([10, 0, 30, 31]),
                               np.array([float("nan"), float("inf"), 0.5, 0.5]))
     assert index.contains(probe).tolist() == [True, True, True, False]
 
 
 def test_artifact_names():
-    assert mp.file_artifact("files/model", "x/weights.ckpt") == ("files/model.ckpt", True)
-    assert mp.file_artifact("files/model.bin", "x/weights.ckpt") == ("files/model.bin", False)
-    assert mp.file_series_artifact("imgs", "7.5", "a/b/c d.png") == "imgs/step_7.5/c d.png"
-    assert mp.series_artifact("monitoring/stdout") == "series/monitoring/stdout.jsonl"
-    assert mp.long_param_artifact("cfg/x") == "trackport/params/cfg/x.txt"
+    assert file_artifact("files/model", "x/weights.ckpt") == ("files/model.ckpt", True)
+    assert file_artifact("files/model.bin", "x/weights.ckpt") == ("files/model.bin", False)
+    assert file_series_artifact("imgs", "7.5", "a/b/c d.png") == "imgs/step_7.5/c d.png"
+    assert series_artifact("monitoring/stdout") == "series/monitoring/stdout.jsonl"
+    assert long_param_artifact("cfg/x") == "trackport/params/cfg/x.txt"
 
 
 def test_tag_plan_reserved_and_sanitised():
-    tags, hits = mp.tag_plan({
+    tags, hits = tag_plan({
         "sys/tags": ("string_set", ["good", "bad?tag", "trackport.complete", "mlflow.runName"]),
         "sys/description": ("string", "d" * 9000),
         "mlflow/tags/team": ("string", "vision"),
@@ -149,8 +168,8 @@ def test_tag_plan_reserved_and_sanitised():
         "sys/forking/step": ("float", 12.5),
     })
     assert tags["good"] == "" and tags["bad_tag"] == "" and tags["team"] == "vision"
-    assert len(tags[mp.TAG_NOTE]) == 8000
-    assert tags[mp.TAG_FORK_PARENT] == "RUN-1" and tags[mp.TAG_FORK_STEP] == "12.5"
+    assert len(tags[TAG_NOTE]) == 8000
+    assert tags[TAG_FORK_PARENT] == "RUN-1" and tags[TAG_FORK_STEP] == "12.5"
     assert "trackport.complete" not in tags and "mlflow.runName" not in tags
     assert tags["_trackport.complete"] == "" and tags["_mlflow.runName"] == ""
     assert hits["tag_truncated"] == ["sys/description"]
@@ -160,14 +179,30 @@ def test_tag_plan_reserved_and_sanitised():
 
 def test_batches_respect_count_and_size():
     items = list(range(10))
-    assert [len(b) for b in mp.batches(items, [1] * 10, 4)] == [4, 4, 2]
-    assert [len(b) for b in mp.batches(items, [300] * 10, 100, max_bytes=1000)] == [3, 3, 3, 1]
-    assert list(mp.batches([1], [5000], 100, max_bytes=1000)) == [[1]]   # one oversized item alone
-    assert mp.json_size("é" * 10) == len('"' + "\\u00e9" * 10 + '"')
+    assert [len(b) for b in batches(items, [1] * 10, 4)] == [4, 4, 2]
+    assert [len(b) for b in batches(items, [300] * 10, 100, max_bytes=1000)] == [3, 3, 3, 1]
+    assert list(batches([1], [5000], 100, max_bytes=1000)) == [[1]]   # one oversized item alone
+    assert json_size("é" * 10) == len('"' + "\\u00e9" * 10 + '"')
+
+
+def test_held_batch_holds_until_a_limit_and_take_empties_it():
+    held = HeldBatch()
+    assert not held and held.fits(metrics=MAX_METRICS_PER_BATCH)
+    held.add(metrics=["m"] * (MAX_METRICS_PER_BATCH - 1), params=["p"], size=100)
+    assert held and held.fits()   # exactly the entity limit: 999 metrics + 1 param
+    assert not held.fits(metrics=1)                      # over 1,000 metrics
+    assert not held.fits(tags=1)                         # over 1,000 entities in all
+    assert not held.fits(size=MAX_BATCH_BYTES - 99)      # over the byte budget
+    assert held.fits(size=MAX_BATCH_BYTES - 100)
+    metrics, params = held.take()
+    assert len(metrics) == MAX_METRICS_PER_BATCH - 1 and params == ["p"]
+    assert not held and held.size == 0 and held.take() == ([], [])
+    assert not held.fits(params=MAX_PARAMS_TAGS_PER_BATCH + 1)
+    assert not held.fits(tags=MAX_PARAMS_TAGS_PER_BATCH + 1)
 
 
 def test_manifest_round_trip():
-    m = mp.Manifest("parquet:/x", "ws/p", "R-1", 100)
+    m = Manifest("parquet:/x", "ws/p", "R-1", 100)
     e = m.entry("a?b", "float_series", "metric", "a_b")
     e.inf = True
     e.count("inf_to_float_max", 2)
@@ -176,17 +211,21 @@ def test_manifest_round_trip():
     p = m.entry("cfg", "string", "param", "cfg")
     p.artifact = "trackport/params/cfg.txt"
     m.tags = ["t1"]
-    back = mp.Manifest.loads(m.dumps())
+    back = Manifest.loads(m.dumps())
     assert back.to_json() == m.to_json()
     assert back.file_map() == {"p/x.png": "files/x/step_1.5/x.png"}
     assert back.metric_keys() == {"a_b"} and back.param_keys() == {"cfg"}
     assert back.attributes["a?b"].inf and back.step_multiplier == 100
     with pytest.raises(ValueError):
-        mp.Manifest.from_json({"format": "other"})
+        Manifest.from_json({"format": "other"})
 
 
 def test_import_stays_sdk_free():
-    code = ("import sys, trackport, trackport.connectors.mlflow, trackport.connectors.mlflow.mapping; "
+    code = ("import sys, trackport, trackport.connectors.mlflow, trackport.connectors.mlflow.mapping, "
+            "trackport.connectors.mlflow.keys, trackport.connectors.mlflow.values, "
+            "trackport.connectors.mlflow.tags, trackport.connectors.mlflow.artifacts, "
+            "trackport.connectors.mlflow.points, trackport.connectors.mlflow.manifest, "
+            "trackport.connectors.mlflow.batching; "
             "assert 'mlflow' not in sys.modules, 'mlflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -225,7 +264,7 @@ class DirFiles(FileAccess):
 
 
 def ts(seconds: float) -> datetime:
-    return mp.datetime_from_ms(round(seconds * 1000))
+    return datetime_from_ms(round(seconds * 1000))
 
 
 def scan_table(table: pa.Table) -> RunScan:
@@ -358,7 +397,7 @@ def corpus(project: str, run: str, files_root: Path) -> pa.Table:
         step = Decimal(i) / 4                      # fractional: 0, 0.25, ... -> multiplier 100
         rows.append({"attribute_path": "train/loss", "attribute_type": "float_series",
                      "step": step, "timestamp": ts(t0 + i), "float_value": 1.0 / (i + 1)})
-    special = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-300, 2.5, mp.FLOAT_MAX, 5e-324]
+    special = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-300, 2.5, FLOAT_MAX, 5e-324]
     for i, v in enumerate(special):
         rows.append({"attribute_path": "train/special", "attribute_type": "float_series",
                      "step": Decimal(i * 10), "timestamp": None if i % 2 else ts(t0 + i), "float_value": v})
@@ -389,7 +428,7 @@ def corpus(project: str, run: str, files_root: Path) -> pa.Table:
 def server_sink(mlflow_server):
     from trackport.connectors.mlflow import open_sink
 
-    sink = open_sink(parse_uri(f"mlflow+{mlflow_server}"), {"request_workers": 4})
+    sink = open_sink(parse_uri(f"mlflow+{mlflow_server}"), {"workers": 4})
     yield sink
     sink.close()
 
@@ -453,12 +492,12 @@ def test_round_trip_corpus(sink, tmp_path):
     assert tags["a tag"] == "" and tags["b-tag"] == "" and tags["odd_tag"] == ""
     assert all(tags[f"t{i}"] == "" for i in range(150))          # more than one batch of tags
     assert tags["team"] == "vision"
-    assert tags[mp.TAG_ORIGIN_URI] == ORIGIN_URI and tags[mp.TAG_ORIGIN_RUN] == "RUN-1"
-    assert tags[mp.TAG_MULTIPLIER] == "100" and tags[mp.TAG_COMPLETE] == "true"
+    assert tags[TAG_ORIGIN_URI] == ORIGIN_URI and tags[TAG_ORIGIN_RUN] == "RUN-1"
+    assert tags[TAG_MULTIPLIER] == "100" and tags[TAG_COMPLETE] == "true"
     steps = [m.step for m in client.get_metric_history(dest.id, "train/loss")]
     assert sorted(steps) == [25 * i for i in range(40)]
     special = {m.step: m.value for m in client.get_metric_history(dest.id, "train/special")}
-    assert math.isnan(special[0]) and special[1000] == mp.FLOAT_MAX and special[2000] == -mp.FLOAT_MAX
+    assert math.isnan(special[0]) and special[1000] == FLOAT_MAX and special[2000] == -FLOAT_MAX
     arts = {f.path for f in client.list_artifacts(dest.id, "files")}
     assert {"files/model.bin", "files/set", "files/listing"} <= arts
     series = {f.path for f in client.list_artifacts(dest.id, "series/monitoring")}
@@ -505,7 +544,7 @@ def test_empty_run_and_fork(sink, tmp_path):
     assert dest.complete
     assert read_back(sink, dest, plan.origin).num_rows == 0
     run = sink.tracking.client.get_run(dest.id)
-    assert run.info.run_name == "EMPTY" and run.data.tags[mp.TAG_COMPLETE] == "true"
+    assert run.info.run_name == "EMPTY" and run.data.tags[TAG_COMPLETE] == "true"
     assert empty.num_rows == 0
 
     def run_rows(run_id, parent=None):
@@ -518,14 +557,14 @@ def test_empty_run_and_fork(sink, tmp_path):
 
     # Child loaded BEFORE its parent: linked when the parent commits.
     child_plan, child = load(sink, run_rows("CHILD", parent="PARENT"))
-    assert mp.TAG_PARENT not in sink.tracking.client.get_run(child.id).data.tags
+    assert TAG_PARENT not in sink.tracking.client.get_run(child.id).data.tags
     parent_plan, parent = load(sink, run_rows("PARENT"))
     tags = sink.tracking.client.get_run(child.id).data.tags
-    assert tags[mp.TAG_PARENT] == parent.id
-    assert tags[mp.TAG_FORK_PARENT] == "PARENT" and tags[mp.TAG_FORK_STEP] == "1.0"
+    assert tags[TAG_PARENT] == parent.id
+    assert tags[TAG_FORK_PARENT] == "PARENT" and tags[TAG_FORK_STEP] == "1.0"
     # Child loaded AFTER its parent: linked at once.
     _, child2 = load(sink, run_rows("CHILD2", parent="PARENT"))
-    assert sink.tracking.client.get_run(child2.id).data.tags[mp.TAG_PARENT] == parent.id
+    assert sink.tracking.client.get_run(child2.id).data.tags[TAG_PARENT] == parent.id
     back = read_back(sink, child, child_plan.origin)
     assert normal(back) == normal(run_rows("CHILD", parent="PARENT"))
 
@@ -544,9 +583,9 @@ def test_fork_parent_linked_on_close(mlflow_sqlite_uri):
     other = open_sink(uri, {})          # another process loads the parent
     _, parent = load(other, rows("P"))
     other.close()
-    assert mp.TAG_PARENT not in first.tracking.client.get_run(child.id).data.tags
+    assert TAG_PARENT not in first.tracking.client.get_run(child.id).data.tags
     first.close()
-    assert first.tracking.client.get_run(child.id).data.tags[mp.TAG_PARENT] == parent.id
+    assert first.tracking.client.get_run(child.id).data.tags[TAG_PARENT] == parent.id
 
 
 def test_resume_twice_without_duplicates(sink, tmp_path):
@@ -615,9 +654,9 @@ def test_store_sets_no_tag_of_a_batch_whose_data_fails(sink):
     run_id = tracking.client.create_run(eid).info.run_id
     tracking.log_batch(run_id, [], [Param("p", "1")], [])
     with pytest.raises((RunError, MlflowException)):   # MLflow cannot change a param
-        tracking.log_batch(run_id, [Metric("m", 1.0, 5, 0)], [Param("p", "2")], [RunTag(mp.TAG_COMPLETE, "true")])
+        tracking.log_batch(run_id, [Metric("m", 1.0, 5, 0)], [Param("p", "2")], [RunTag(TAG_COMPLETE, "true")])
     run = tracking.client.get_run(run_id)
-    assert mp.TAG_COMPLETE not in run.data.tags
+    assert TAG_COMPLETE not in run.data.tags
     assert run.data.params == {"p": "1"}
 
 
@@ -712,13 +751,35 @@ def test_foreign_run_read(mlflow_sqlite_uri, tmp_path):
     assert rows[("mlflow/tags/team", "string")]["string_value"] == "nlp"
     assert rows[("mlflow/tags/mlflow.user", "string")]["string_value"] == "ann"
     assert rows[("lr", "string")]["string_value"] == "0.01"
-    assert rows[("model/model.txt", "file")]["file_value"] == {"path": "model/model.txt"}
+    assert rows[("model/model.txt", "file")]["file_value"] == {"path": f"{rid}/model/model.txt"}
     acc = table.filter(pc.equal(table.column("attribute_path"), "acc")).sort_by("step")
     assert acc.num_rows == 30
     assert acc.column("step").to_pylist() == [Decimal(i) for i in range(30)]
     assert acc.column("float_value").to_pylist() == [0.5 * i for i in range(30)]
-    assert src.files(refs[1]).open("model/model.txt").read() == b"weights"
+    assert src.files(refs[1]).open(f"{rid}/model/model.txt").read() == b"weights"
     assert table.schema.equals(SCHEMA)
+
+
+def test_runs_of_one_experiment_with_one_artifact_path_export_their_own_files(mlflow_sqlite_uri, tmp_path):
+    """Two MLflow runs of one experiment both log `model/w.txt`: each export file is its own."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    eid = client.create_experiment("shared", artifact_location=(tmp_path / "art").as_uri())
+    for content in (b"first", b"second"):
+        run = client.create_run(eid)
+        local = tmp_path / content.decode() / "w.txt"
+        local.parent.mkdir()
+        local.write_bytes(content)
+        client.log_artifact(run.info.run_id, str(local), "model")
+        client.set_terminated(run.info.run_id)
+    export = tmp_path / "export"
+    code, report, out = run_cli("export", f"mlflow:{mlflow_sqlite_uri}", str(export), "--workers", "2")
+    assert code == 0, out
+    exported = sorted(p.read_bytes() for p in (export / "files").rglob("w.txt"))
+    assert exported == [b"first", b"second"]
+    code, report, out = run_cli("verify", f"mlflow:{mlflow_sqlite_uri}", str(export))
+    assert code == 0, out
 
 
 def test_foreign_run_through_server_and_back(server_sink, mlflow_server, tmp_path):
@@ -824,7 +885,11 @@ def test_errors_are_classified(monkeypatch):
     assert isinstance(classify(RestException({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow"})),
                       TransientError)
     assert isinstance(classify(RestException({"error_code": "503", "message": "down"})), TransientError)
-    assert isinstance(classify(MlflowException("boom", error_code=codes.INTERNAL_ERROR)), TransientError)
+    # A server's INTERNAL_ERROR may pass; one raised in this process (an mlflow-artifacts:/ URI
+    # with no server to resolve it) never does: retrying it only wastes minutes.
+    assert isinstance(classify(RestException({"error_code": "INTERNAL_ERROR", "message": "oops"})),
+                      TransientError)
+    assert isinstance(classify(MlflowException("boom", error_code=codes.INTERNAL_ERROR)), RunError)
     assert isinstance(classify(MlflowException("gone", error_code=codes.TEMPORARILY_UNAVAILABLE)),
                       TransientError)
 
@@ -842,3 +907,66 @@ def test_unreachable_server_is_transient(monkeypatch):
     sink = open_sink(parse_uri(f"mlflow+http://127.0.0.1:{port}"), {})
     with pytest.raises(TransientError):
         sink.find_run(Origin(ORIGIN_URI, "p", "r"))
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+@pytest.mark.parametrize("store", ["sqlite", "bulk", "server"])
+def test_conformance_round_trip(store, tmp_path, request):
+    from trackport.testing import conformance
+
+    if store == "server":
+        server = request.getfixturevalue("mlflow_server")
+        # one server for the session: a per-test experiment keeps tests apart
+        target = conformance.Target(f"mlflow+{server}", ["--mlflow-experiment", f"{tmp_path.name}-{{project}}"])
+    else:
+        target = conformance.Target(f"mlflow:sqlite:///{tmp_path / 'dest.db'}",
+                                    ["--mlflow-bulk"] if store == "bulk" else [])
+    conformance.round_trip(target, tmp_path)
+
+
+def test_dataset_inputs_and_system_metrics_from_a_canonical_run(tmp_path):
+    """canonical -> MLflow: `monitoring/<name>` is metric `system/<name>`; the dataset list of
+    `mlflow/inputs/datasets` becomes the run's dataset inputs, other text stays only in the
+    manifest (`dataset_inputs_not_logged`); verify reads both back exactly."""
+    from mlflow.tracking import MlflowClient
+
+    from trackport.testing.corpus import CorpusRun, rows_table, series_table
+    from trackport.testing.exporter_layout import write_exporter_export
+
+    good = json.dumps([{"name": "train", "digest": "d1", "source_type": "local", "source": "/data/train.csv",
+                        "schema": None, "profile": '{"rows": 3}', "tags": {"mlflow.data.context": "training"}}])
+    runs = [CorpusRun("ws/p", rid, pa.concat_tables([
+        rows_table("ws/p", rid, [{"path": "mlflow/inputs/datasets", "type": "string", "value": text}]),
+        series_table("ws/p", rid, "monitoring/cpu", "float_series", [10.0, 20.0], None, [1_000, 2_000])]))
+        for rid, text in (("R-GOOD", good), ("R-BAD", "not a dataset list"))]
+    write_exporter_export(tmp_path / "src", runs)
+    uri = f"sqlite:///{tmp_path / 'dest.db'}"
+    code, report, out = run_cli("copy", str(tmp_path / "src"), f"mlflow:{uri}")
+    assert code == 0, out
+    assert report["totals"]["transformations"] == {"dataset_inputs_not_logged": 1}, out
+    client = MlflowClient(uri)
+    got = {r.data.tags["trackport.origin.run_id"]: r
+           for r in client.search_runs([client.get_experiment_by_name("ws/p").experiment_id])}
+    (ds,) = got["R-GOOD"].inputs.dataset_inputs
+    assert (ds.dataset.name, ds.dataset.digest, ds.dataset.source, ds.dataset.profile) == (
+        "train", "d1", "/data/train.csv", '{"rows": 3}')
+    assert [(t.key, t.value) for t in ds.tags] == [("mlflow.data.context", "training")]
+    assert not got["R-BAD"].inputs.dataset_inputs
+    for run in got.values():
+        assert set(run.data.metrics) == {"system/cpu"}
+    code, report, out = run_cli("verify", str(tmp_path / "src"), f"mlflow:{uri}")
+    assert code == 0 and report["totals"]["verified"] == 2, out
+
+
+def test_conformance_run_times(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.run_times(conformance.Target(f"mlflow:sqlite:///{tmp_path / 'dest.db'}"), tmp_path)
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["sqlite", "bulk"])
+def test_conformance_sigkill_heals(bulk, tmp_path):
+    from trackport.testing import conformance
+
+    conformance.sigkill_heals(conformance.Target(f"mlflow:sqlite:///{tmp_path / 'dest.db'}",
+                                                 ["--mlflow-bulk"] if bulk else []), tmp_path)

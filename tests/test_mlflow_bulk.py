@@ -17,7 +17,8 @@ import pytest
 
 from support import run_cli, runs_by_id
 from trackport.connectors.mlflow import bulk
-from trackport.connectors.mlflow import mapping as mp
+from trackport.connectors.mlflow.points import FLOAT_MAX
+from trackport.connectors.mlflow.tags import TAG_COMPLETE, TAG_ORIGIN_RUN
 from trackport.testing.corpus import CorpusRun, build_corpus, rows_table, series_table
 from trackport.testing.exporter_layout import write_exporter_export
 
@@ -38,7 +39,7 @@ def _store_contents(db: Path) -> dict[str, dict]:
     out = {}
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], max_results=1000):
-            origin = run.data.tags.get(mp.TAG_ORIGIN_RUN)
+            origin = run.data.tags.get(TAG_ORIGIN_RUN)
             if origin is None:
                 continue
             full = client.get_run(run.info.run_id)
@@ -47,7 +48,7 @@ def _store_contents(db: Path) -> dict[str, dict]:
                          for key in full.data.metrics}
             latest = {key: _value(v) for key, v in full.data.metrics.items()}
             out[origin] = {"histories": histories, "latest": latest,
-                           "complete": full.data.tags.get(mp.TAG_COMPLETE)}
+                           "complete": full.data.tags.get(TAG_COMPLETE)}
     return out
 
 
@@ -62,7 +63,7 @@ def _latest_rows(db: Path) -> dict[tuple[str, str], tuple]:
         return {(origin, key): (repr(value), ts, step, is_nan) for origin, key, value, ts, step, is_nan in
                 conn.execute("SELECT t.value, l.key, l.value, l.timestamp, l.step, l.is_nan "
                              "FROM latest_metrics l JOIN tags t ON t.run_uuid = l.run_uuid "
-                             "AND t.key = ?", (mp.TAG_ORIGIN_RUN,))}
+                             "AND t.key = ?", (TAG_ORIGIN_RUN,))}
 
 
 def _new_store(db: Path) -> str:
@@ -115,7 +116,7 @@ def test_bulk_load_reads_back_exactly_as_the_sdk_path(loaded, corpus):
     assert got == want
     # the comparison covers the hard values: NaN, +-inf as +-float max, big steps, many points
     values = {v for run in got.values() for h in run["histories"].values() for _, _, v in h}
-    assert {"nan", repr(mp.FLOAT_MAX), repr(-mp.FLOAT_MAX)} <= values
+    assert {"nan", repr(FLOAT_MAX), repr(-FLOAT_MAX)} <= values
     assert max(s for run in got.values() for h in run["histories"].values() for s, _, _ in h) > 2**31
     assert max(len(h) for run in got.values() for h in run["histories"].values()) >= 100_000
     assert all(run["complete"] == "true" for run in got.values())

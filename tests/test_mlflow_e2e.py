@@ -146,7 +146,7 @@ def test_readme_main_command_fills_the_default_store(tmp_path):
 
 @pytest.mark.parametrize("where", ["server", "sqlite"])
 def test_bad_input_names_the_run_and_the_others_still_move(tmp_path, where, request):
-    from trackport.core import layout
+    from trackport.connectors.parquet import layout
 
     corpus = build_corpus(big=False)[:2]
     src = tmp_path / "export"

@@ -19,7 +19,7 @@ from support import canonical_rows, run_cli, runs_by_id
 from trackport.connectors.neptune import mapping as mp
 from trackport.core.model import Selection
 from trackport.core.registry import open_source
-from trackport.core.schema import FILE_TYPES
+from trackport.core.schema import FILE_TYPES, SCHEMA
 
 
 def _read_all(uri: str, options: dict | None = None) -> dict[tuple[str, str], tuple[pa.Table, dict]]:
@@ -28,7 +28,8 @@ def _read_all(uri: str, options: dict | None = None) -> dict[tuple[str, str], tu
     try:
         out = {}
         for ref in source.list_runs(Selection()):
-            table = pa.concat_tables(list(source.read_run(ref, Selection())))
+            tables = list(source.read_run(ref, Selection()))
+            table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
             files = source.files(ref)
             contents = {}
             paths = pc.struct_field(table.column("file_value"), "path").to_pylist()
@@ -192,6 +193,45 @@ def test_offline_runs_of_both_clients_copy_into_mlflow_with_every_point(sdk_data
 
 
 # -- the sinks -------------------------------------------------------------------------------
+def test_a_run_that_grew_is_copied_again_once_and_an_unchanged_one_is_skipped(sdk_data, tmp_path):
+    """Neptune 2.x offline (real client) -> neptune2:// offline: the first copy sees the queue
+    as it was while the training wrote (its operation log cut at a line), the second the whole
+    log: run_version changed, the destination run is written again in place with every point
+    once; a third copy skips it."""
+    import shutil
+
+    root, _, _ = sdk_data
+    src = tmp_path / "src"
+    shutil.copytree(root / "sdk2" / ".neptune", src)
+    (log,) = src.rglob("data-1.log")
+    whole = log.read_bytes()
+    lines = whole.split(b"\n")
+    log.write_bytes(b"\n".join(lines[: len(lines) // 2]) + b"\n")
+    data = tmp_path / "data"
+    args = ["--neptune-project", "ws/proj", "--neptune-mode", "offline", "--neptune-data-dir", str(data)]
+    code, report, out = run_cli("copy", f"neptune:{src}", "neptune2://ws/proj", *args)
+    assert code == 0 and report["totals"]["moved"] == 1, out
+    first = report["totals"]["points"]
+    log.write_bytes(whole)                                    # the training wrote the rest
+    code, report, out = run_cli("copy", f"neptune:{src}", "neptune2://ws/proj", *args)
+    assert code == 0, out
+    (run,) = report["runs"]
+    assert run["status"] == "repaired" and run["details"]["source_changed"] is True, out
+    assert report["totals"]["points"] > first
+
+    def series(table):
+        rows = table.filter(pc.is_valid(table.column("step")))
+        return sorted((r["attribute_path"], str(r["step"])) for r in
+                      rows.select(["attribute_path", "step"]).to_pylist())
+
+    (want, _), = _read_all(f"neptune:{src}", {"neptune_project": "ws/proj"}).values()
+    (got, _), = _read_all(f"neptune:{data}").values()
+    assert series(got) == series(want) and len(set(series(got))) == len(series(got))   # each point once
+    assert len(list(data.rglob("data-1.log"))) == 1                                       # one run
+    code, report, out = run_cli("copy", f"neptune:{src}", "neptune2://ws/proj", *args)
+    assert code == 0 and report["totals"]["skipped"] == 1, out
+
+
 def test_sink_ids_projects_and_wandb_exclusions_are_deterministic():
     assert mp.custom_run_id("short-id") == ("short-id", False)
     long_id = "x" * 37
@@ -243,7 +283,8 @@ def test_partial_offline_run_is_repaired_without_duplicates(generation, tmp_path
     assert n_stores == 2
     assert run_cli("verify", str(src), dest, *args)[0] == 0
     projects = json.loads((data / "trackport-projects.json").read_text())
-    assert projects["ws/proj"]["visibility"] == "priv" and str(src) in projects["ws/proj"]["description"]
+    # the description names the source by its origin (an export's own identity, not its path)
+    assert projects["ws/proj"]["visibility"] == "priv" and "parquet:" in projects["ws/proj"]["description"]
 
 
 def test_long_custom_run_id_is_hashed_and_the_identity_survives_offline(tmp_path):
@@ -274,7 +315,7 @@ def test_long_custom_run_id_is_hashed_and_the_identity_survives_offline(tmp_path
     assert "my-project" in (data / "trackport-projects.json").read_text()
 
 
-# -- W&B -> Neptune (DESIGN.md section 4) -----------------------------------------------------
+# -- W&B -> Neptune (docs/neptune.md) -----------------------------------------------------
 def test_wandb_offline_runs_copy_into_neptune_offline_with_the_scripts_mapping(tmp_path):
     import wandb_offline_support as wb
 
@@ -353,3 +394,213 @@ def test_unsupported_destinations_are_usage_errors(tmp_path):
         open_sink(f"neptune:{tmp_path}", {})
     with pytest.raises(UsageError, match="WORKSPACE"):
         open_sink("neptune2://", {"neptune_mode": "offline", "neptune_data_dir": str(tmp_path)})
+
+
+# -- 2.x queues as real clients leave them: async, older layouts, step-less points ------
+@pytest.fixture(scope="module")
+def async_data(tmp_path_factory):
+    from neptune_support import write_sdk2_async
+
+    root = tmp_path_factory.mktemp("neptune-async")
+    write_sdk2_async(root / ".neptune")
+    return root / ".neptune"
+
+
+def _queue_lines(queue) -> list[dict]:
+    return [json.loads(line) for line in (queue / "data-1.log").read_text().splitlines() if line.strip()]
+
+
+def _series(table: pa.Table, path: str) -> tuple[list, list, list]:
+    rows = table.filter(pc.equal(table.column("attribute_path"), path)).to_pylist()
+    return ([None if r["step"] is None else r["step"].normalize() for r in rows],
+            [r["timestamp"] and int(r["timestamp"].timestamp() * 1000) for r in rows],
+            [r["float_value"] if r["float_value"] is not None else r["string_value"] for r in rows])
+
+
+def _expected_ms(queues, path: list[str]) -> list[int]:
+    """What the client sends for each point of `path`: int(ts * 1000) of the queued float."""
+    out = []
+    for q in queues:
+        for entry in _queue_lines(q):
+            if entry["obj"].get("path") == path and entry["obj"]["type"] == "LogFloats":
+                out += [int(v["ts"] * 1000) for v in entry["obj"]["values"]]
+    return out
+
+
+def test_async_queues_of_the_real_client_move_as_neptune_holds_them(async_data, tmp_path):
+    from decimal import Decimal
+
+    run_dirs = sorted(async_data.glob("async/run__*"), key=lambda q: json.loads((q / "metadata.json").read_text())["createdAt"])
+    container = run_dirs[0].name.split("__")[1]
+    model_version = next(async_data.glob("async/model_version__*")).name.split("__")[1]
+    runs = _read_all(f"neptune:{async_data}")
+    # two executions of one run are one run, named by the container id; the model version is its own
+    assert sorted(r for _, r in runs) == sorted([container, model_version])
+    table, contents = runs[("offline", container)]
+    steps, stamps, values = _series(table, "train/loss")
+    # step-less points numbered as Neptune does: per series from its last step, across executions
+    assert steps == [Decimal(s) for s in ("0", "1", "2", "10", "11", "12")]
+    assert values == [1.0, 0.5, 1.0 / 3, 9.0, 8.0, 7.0]
+    assert stamps == _expected_ms(run_dirs, ["train", "loss"])       # the client's int(ts * 1000)
+    assert _series(table, "monitoring/stdout")[0] == [Decimal(0)]
+    paths = table.column("attribute_path").to_pylist()
+    assert "files/sent" not in paths and "params/lr" in paths          # acknowledged upload: bytes gone
+    pending = _files_of(table, contents)[("files/pending", "file", None)]
+    assert pending == b"pending bytes"
+    mv_table, _ = runs[("offline", model_version)]
+    assert _series(mv_table, "val/acc")[0] == [Decimal(0), Decimal(1)]
+    kind = mv_table.filter(pc.equal(mv_table.column("attribute_path"), mp.CONTAINER_TYPE))
+    assert kind.column("string_value").to_pylist() == ["model_version"]
+
+    code, report, out = run_cli("export", f"neptune:{async_data}", str(tmp_path / "refused"))
+    assert code == 1, out                      # a drop, not allowed by default: the run is not written
+    refused = runs_by_id(report)[container]
+    assert refused["status"] == "failed" and "upload_already_sent" in refused["error"], refused
+    code, report, out = run_cli("export", f"neptune:{async_data}", str(tmp_path / "out"), "--allow-drops")
+    assert code == 0, out
+    got = runs_by_id(report)
+    run = got[container]
+    assert run["status"] == "moved" and run["points"] == 7 and run["drops"] == {"upload_already_sent": 1}
+    assert run["transformations"]["step_less_points_numbered"] == 6
+    assert "files/sent" in run["examples"]["upload_already_sent"][0]
+    assert "no longer on disk" in run["examples"]["upload_already_sent"][0]
+    assert got[model_version]["points"] == 2 and got[model_version]["transformations"]["container_as_run"] == 1
+    code, report, out = run_cli("plan", f"neptune:{async_data}", "neptune2://ws/proj", "--neptune-mode", "offline",
+                                "--neptune-data-dir", str(tmp_path / "plan-data"))
+    assert runs_by_id(report)[container]["points"] == 7
+
+    # copies verify clean, and a rerun moves nothing
+    data = tmp_path / "copy"
+    args = ["--neptune-mode", "offline", "--neptune-data-dir", str(data), "--allow-drops"]
+    code, report, out = run_cli("copy", f"neptune:{async_data}", "neptune2://ws/proj", *args)
+    assert code == 0, out
+    code, report, out = run_cli("verify", f"neptune:{async_data}", "neptune2://ws/proj", *args)
+    assert code == 0, out
+    assert runs_by_id(report)[container]["points"] == 7
+    code, report, out = run_cli("copy", f"neptune:{async_data}", "neptune2://ws/proj", *args)
+    assert code == 0 and {r["status"] for r in report["runs"]} == {"skipped"}, out
+    code, report, out = run_cli("verify", f"neptune:{async_data}", str(tmp_path / "out"), "--allow-drops")
+    assert code == 0, out
+
+
+def test_a_pending_upload_whose_file_is_missing_drops_that_attribute_only(async_data, tmp_path):
+    import shutil
+
+    data = tmp_path / ".neptune"
+    shutil.copytree(async_data, data)
+    (pending,) = data.rglob("files_pending-*.bin")
+    pending.unlink()
+    code, report, out = run_cli("export", f"neptune:{data}", str(tmp_path / "refused"))
+    assert code == 1, out                      # a drop, not allowed by default: the run is not written
+    assert {r["status"] for r in report["runs"] if "upload_file_missing" in (r.get("error") or "")} == {"failed"}
+    code, report, out = run_cli("export", f"neptune:{data}", str(tmp_path / "out"), "--allow-drops")
+    assert code == 0, out
+    run = next(r for r in report["runs"] if r["drops"].get("upload_file_missing"))
+    assert run["status"] == "moved" and run["points"] == 7
+    assert run["drops"] == {"upload_already_sent": 1, "upload_file_missing": 1}
+    example = run["examples"]["upload_file_missing"][0]
+    assert "files/pending" in example and pending.name in example and "restore" in example
+
+
+def _legacy_line(version: int, op: dict) -> str:
+    """A queue line as neptune-client 0.9 writes it (neptune/new/internal/containers/disk_queue.py:
+    `json.dumps({"obj": op.to_dict(), "version": version})` + newline; no "at")."""
+    return json.dumps({"obj": op, "version": version})
+
+
+def test_every_older_layout_gives_the_container_id_and_merges_executions(async_data, tmp_path):
+    import shutil
+    from decimal import Decimal
+
+    root = tmp_path / ".neptune"
+    # neptune 1.4 - 1.8: async/run__<id>/exec-<epoch>-<date>-<pid>/, no metadata.json
+    for q in async_data.glob("async/run__*"):
+        meta = json.loads((q / "metadata.json").read_text())
+        from datetime import datetime
+
+        when = datetime.fromisoformat(meta["createdAt"])
+        target = root / "async" / f"run__{meta['containerId']}" / (
+            f"exec-{when.timestamp()}-{when.strftime('%Y-%m-%d_%H.%M.%S.%f')}-{q.name.split('__')[2]}")
+        shutil.copytree(q, target)
+        (target / "metadata.json").unlink()
+    # neptune-client 0.9: async/<uuid>/exec-<n>-<local date>/, lines without "at"; offline/<uuid>/;
+    # a 0-byte queue
+    legacy = "4e0bfd51-7f1c-4d3b-9d6e-1b4e5f0a2c11"
+    first = root / "async" / legacy / "exec-0-2021-04-23_12.38.54.066327"
+    second = root / "async" / legacy / "exec-1-2021-04-23_13.02.10.000100"
+    ts = 1619181534.0663271
+    ops1 = [{"type": "AssignFloat", "path": ["params", "lr"], "value": 0.5},
+            {"type": "LogFloats", "path": ["loss"], "values": [{"value": 1.5, "step": None, "ts": ts},
+                                                               {"value": 1.25, "step": None, "ts": ts + 0.0005}]}]
+    ops2 = [{"type": "LogFloats", "path": ["loss"], "values": [{"value": 1.0, "step": None, "ts": ts + 1500.5}]},
+            {"type": "LogStrings", "path": ["monitoring", "stdout"], "values": [{"value": "x", "step": 4, "ts": ts}]}]
+    for queue, ops, acked in ((first, ops1, 2), (second, ops2, 0)):
+        queue.mkdir(parents=True)
+        (queue / "data-1.log").write_text("".join(_legacy_line(i + 1, op) + "\n" for i, op in enumerate(ops)))
+        (queue / "last_put_version").write_text(str(len(ops)))
+        (queue / "last_ack_version").write_text(str(acked))
+    empty = root / "offline" / "9f1c2d3e-0000-4000-8000-000000000001"
+    empty.mkdir(parents=True)
+    (empty / "data-1.log").write_bytes(b"")
+
+    runs = _read_all(f"neptune:{root}")
+    container = next(async_data.glob("async/run__*")).name.split("__")[1]
+    assert sorted(r for _, r in runs) == sorted([container, legacy, empty.name])
+    table, _ = runs[("offline", container)]
+    assert _series(table, "train/loss")[0] == [Decimal(s) for s in ("0", "1", "2", "10", "11", "12")]
+    table, _ = runs[("offline", legacy)]
+    steps, stamps, values = _series(table, "loss")
+    assert steps == [Decimal(0), Decimal(1), Decimal(2)] and values == [1.5, 1.25, 1.0]
+    assert stamps == [int(t * 1000) for t in (ts, ts + 0.0005, ts + 1500.5)]
+    assert _series(table, "monitoring/stdout")[0] == [Decimal(4)]
+    code, report, out = run_cli("export", f"neptune:{root}", str(tmp_path / "out"), "--allow-drops")
+    assert code == 0, out
+    got = runs_by_id(report)
+    assert got[legacy]["points"] == 4 and got[empty.name]["status"] == "moved"
+
+
+def test_a_series_row_without_a_step_counts_as_a_point_everywhere(tmp_path):
+    """neptune-exporter writes the server's step for every point (the API always has one), so the
+    parquet source does not invent steps; a series row without one is still a point."""
+    from trackport.testing.corpus import CorpusRun, rows_table, series_table
+    from trackport.testing.exporter_layout import write_exporter_export
+
+    table = pa.concat_tables([
+        rows_table("ws/p", "R-1", [{"path": "config/lr", "type": "float", "value": 0.1}]),
+        series_table("ws/p", "R-1", "train/loss", "float_series", [0.5, 0.25, 0.125], [None, None, None],
+                     [1_700_000_000_000, 1_700_000_000_001, 1_700_000_000_002]),
+    ])
+    src = tmp_path / "src"
+    write_exporter_export(src, [CorpusRun("ws/p", "R-1", table)])
+    code, report, out = run_cli("plan", str(src), "neptune2://ws/p", "--neptune-mode", "offline",
+                                "--neptune-data-dir", str(tmp_path / "d"))
+    assert report["runs"][0]["points"] == 3, out
+    code, report, out = run_cli("export", str(src), str(tmp_path / "out"))
+    assert code == 0 and report["runs"][0]["points"] == 3, out
+    code, report, out = run_cli("verify", str(src), str(tmp_path / "out"))
+    assert code == 0 and report["runs"][0]["points"] == 3, out
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+@pytest.mark.parametrize("generation", ["2", "3"])
+def test_conformance_round_trip(generation, tmp_path):
+    import neptune_support
+    from trackport.testing import conformance
+
+    conformance.round_trip(neptune_support.conformance_target(tmp_path, generation), tmp_path)
+
+
+@pytest.mark.parametrize("generation", ["2", "3"])
+def test_conformance_run_times(generation, tmp_path):
+    import neptune_support
+    from trackport.testing import conformance
+
+    conformance.run_times(neptune_support.conformance_target(tmp_path, generation), tmp_path)
+
+
+@pytest.mark.parametrize("generation", ["2", "3"])
+def test_conformance_files_and_bytes(generation, tmp_path):
+    import neptune_support
+    from trackport.testing import conformance
+
+    conformance.files_and_bytes(neptune_support.conformance_target(tmp_path, generation), tmp_path)

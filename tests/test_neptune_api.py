@@ -32,7 +32,7 @@ from trackport.core.pipeline import Pipeline, PipelineOptions
 from trackport.core.registry import ParsedUri, open_sink
 from trackport.core.report import CommandReport
 
-from trackport.connectors.neptune import api_mapping as am
+from trackport.connectors.neptune.api import mapping as am
 
 PROJECT = "ws/proj"
 T0 = 1_700_000_000_000          # epoch ms, 2023-11-14T22:13:20Z
@@ -82,7 +82,7 @@ def fake(monkeypatch):
 
 
 def source3(uri: str = f"neptune3://{PROJECT}", **options):
-    from trackport.connectors.neptune.api3_source import open_api3_source
+    from trackport.connectors.neptune.api.source3 import open_api3_source
 
     scheme, rest = uri.split(":", 1)
     return open_api3_source(ParsedUri(scheme, rest, uri), options)
@@ -277,6 +277,19 @@ def test_api2_points_keep_steps_and_utc_timestamps_from_the_client_types():
     assert texts.to_pylist()[0]["string_value"] == "hello" and texts.to_pylist()[0]["step"] == Decimal("5")
 
 
+def test_api2_points_without_a_step_are_numbered_as_neptune_numbers_them():
+    """A point the server returns without a step (the client's api_model allows it) is numbered
+    from the series' previous step + 1 (0 first), not exported with a null step."""
+    from neptune.internal.backends.api_model import FloatPointValue
+
+    points = [FloatPointValue(timestampMillis=T0 + i, step=s, value=float(i))
+              for i, s in enumerate([None, None, 7.5, None])]
+    table = am.points_2x(PROJECT, "SAN-1", "train/acc", "float_series", points)
+    assert table.column("step").to_pylist() == [Decimal("0"), Decimal("1"), Decimal("7.5"), Decimal("8.5")]
+    assert table.column("step").null_count == 0
+    assert am.step_less_count(points) == 3
+
+
 def test_api2_naive_local_times_become_utc_under_another_time_zone():
     """Under TZ=Asia/Kolkata (UTC+5:30) the client's `fetch_values` conversion is naive local
     time; our points keep the server's UTC instant and a naive datetime value is read as local."""
@@ -284,7 +297,7 @@ def test_api2_naive_local_times_become_utc_under_another_time_zone():
         import time
         from datetime import datetime, timezone
         from neptune.internal.backends.api_model import FloatPointValue
-        from trackport.connectors.neptune import api_mapping as am
+        from trackport.connectors.neptune.api import mapping as am
         time.tzset()
         ms = {T0}
         naive = datetime.fromtimestamp(ms / 1000)          # what FetchableSeries.fetch_values builds
@@ -311,7 +324,7 @@ def test_api2_file_series_steps_are_the_logged_steps_not_indices():
 
 
 def test_api2_file_series_steps_come_from_the_series_endpoint(fake):
-    from trackport.connectors.neptune.api2 import file_series_points
+    from trackport.connectors.neptune.api.reader2 import file_series_points
 
     run = am.ApiRun(PROJECT, "PRJ-1", "PRJ-1")
     assert file_series_points(fake.token(), run, "eval/images") == [(3.0, T0 + 5), (7.5, T0 + 6)]
@@ -323,7 +336,7 @@ def test_api2_session_reads_real_client_attributes(tmp_path):
     import neptune
     from neptune.types import File
 
-    from trackport.connectors.neptune.api2 import Api2Reader, Api2Session
+    from trackport.connectors.neptune.api.reader2 import Api2Reader, Api2Session
 
     handle = neptune.init_run(mode="debug", project=PROJECT, capture_stdout=False, capture_stderr=False,
                               capture_hardware_metrics=False, capture_traceback=False, git_ref=False,
@@ -364,8 +377,8 @@ def test_api2_session_reads_real_client_attributes(tmp_path):
 
 
 def test_no_sdk_is_imported_by_the_mapping_or_the_entry_points():
-    code = ("import sys; import trackport.connectors.neptune.api_mapping, "
-            "trackport.connectors.neptune.api2_source, trackport.connectors.neptune.api3_source; "
+    code = ("import sys; import trackport.connectors.neptune.api.mapping, "
+            "trackport.connectors.neptune.api.source2, trackport.connectors.neptune.api.source3; "
             "print(sorted(m for m in ('neptune', 'neptune_query', 'neptune_api', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from support import canonical_rows, read_plain_export, run_cli, runs_by_id
-from trackport.core import layout
+from trackport.connectors.parquet import layout
 from trackport.core.schema import SCHEMA, rows_to_table
 from trackport.testing.corpus import CORPUS_PROJECT, build_corpus, corpus_run_id
 from trackport.testing.exporter_layout import write_exporter_export
@@ -44,7 +44,9 @@ def test_neptune_exporter_export_round_trips_through_our_export(tmp_path, corpus
             assert (layout.project_files_dir(out, run.project_id) / rel).read_bytes() == data
     # and our manifests say what is there
     manifest = json.loads((out / "trackport.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["sources"] == [f"parquet:{exporter_export}"]
+    # the origin of a neptune-exporter export is its runs' own ids, not the folder it lies in
+    assert manifest["format_version"] == 1 and manifest["sources"] == ["parquet:neptune-exporter"]
+    assert len(manifest["id"]) == 32
     big = json.loads(layout.run_manifest_path(out, CORPUS_PROJECT, corpus_run_id("big_series")).read_text())
     assert big["attributes"]["metrics/big_series"]["rows"] == 2000
     code, report, _ = run_cli("verify", str(exporter_export), str(out))
@@ -67,6 +69,17 @@ def test_rerun_skips_and_a_partial_run_is_repaired(tmp_path, corpus, exporter_ex
     assert report["totals"]["skipped"] == len(corpus) - 1
     assert not stale.exists()
     assert run_cli("verify", str(exporter_export), str(out))[0] == 0
+
+
+def test_incomplete_runs_of_a_source_export_are_noted(tmp_path, corpus, exporter_export):
+    # The parquet source says so through the generic Source.source_notes() hook.
+    out = tmp_path / "ours"
+    assert run_cli("export", str(exporter_export), str(out))[0] == 0
+    victim = corpus_run_id("big_series")
+    layout.run_manifest_path(out, CORPUS_PROJECT, victim).unlink()
+    code, report, _ = run_cli("export", str(out), str(tmp_path / "again"))
+    assert code == 1 and runs_by_id(report)[victim]["status"] == "failed"
+    assert f"1 run(s) incomplete in the source export were not moved: {CORPUS_PROJECT}/{victim}" in report["notes"]
 
 
 def test_parts_roll_over_at_the_size_set(tmp_path, exporter_export):
@@ -168,8 +181,8 @@ def test_filters_select_classes_attributes_and_runs(tmp_path, corpus, exporter_e
 
 
 def test_usage_errors_exit_2(tmp_path, exporter_export):
-    code, _, output = run_cli("copy", "comet://x/y", str(tmp_path / "o"))
-    assert code == 2 and "known schemes" in output
+    code, _, output = run_cli("copy", "nosuchtracker://x/y", str(tmp_path / "o"))
+    assert code == 2 and "unknown scheme" in output and "trackport connectors" in output
     code, _, output = run_cli("export", str(exporter_export), str(tmp_path / "o"), "--classes", "pictures")
     assert code == 2 and "pictures" in output
     code, _, output = run_cli("export", str(tmp_path / "nowhere"), str(tmp_path / "o"))
@@ -261,7 +274,7 @@ def test_inspect_streams_a_long_run_in_bounded_memory(tmp_path):
         "import json, sys, pyarrow as pa\n"
         "from pathlib import Path\n"
         "from trackport.connectors.parquet.source import ParquetSource\n"
-        "from trackport.core.inspect import inspect_export\n"
+        "from trackport.connectors.parquet.summary import inspect_export\n"
         "from trackport.core.model import Selection\n"
         "summary = inspect_export(ParquetSource(Path(sys.argv[1]), {}), Selection())\n"
         "print(json.dumps([summary['projects'][0], pa.default_memory_pool().max_memory()]))\n"
@@ -303,3 +316,22 @@ def test_two_source_runs_with_one_identity_are_reported_not_raced(tmp_path):
     assert statuses == ["failed", "moved"]
     failed = next(r for r in report["runs"] if r["status"] == "failed")
     assert "same project and run id" in failed["error"]
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+def test_conformance_round_trip(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.round_trip(conformance.Target(f"parquet:{tmp_path / 'dest-export'}"), tmp_path)
+
+
+def test_conformance_run_times(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.run_times(conformance.Target(f"parquet:{tmp_path / 'dest-export'}"), tmp_path)
+
+
+def test_conformance_sigkill_heals(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.sigkill_heals(conformance.Target(f"parquet:{tmp_path / 'dest-export'}"), tmp_path)

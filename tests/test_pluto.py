@@ -319,3 +319,102 @@ def test_host_option_follows_the_sdk_url_rules(monkeypatch):
     assert one.url_start == "https://pluto.example.com/api/runs/create"
     assert one.url_message == "https://pluto.example.com/ingest/logs"
     assert one._auth is None
+
+
+def test_a_file_attribute_in_trackports_own_log_names_lands_elsewhere(pluto_server, tmp_path):
+    """A file attribute `trackport/manifest` (a hostile export planting a manifest) or under
+    `trackport/series/` gets another log name; the run reads back exactly (issue 15 item 13)."""
+    from support import canonical_rows, read_plain_export
+    from trackport.core.layout import safe
+    from trackport.core.schema import rows_to_table
+    from trackport.testing.corpus import CorpusRun
+
+    project, run_id = "ws/planted", "PLANT-1"
+    planted = json.dumps({"format": mp.MANIFEST_FORMAT, "version": 1, "project_id": project,
+                          "run_id": "someone-else"}).encode()
+    files = {f"{project}/{run_id}/manifest.json": planted, f"{project}/{run_id}/x.jsonl": b"series?"}
+    table = rows_to_table([
+        {"attribute_path": "trackport/manifest", "attribute_type": "file",
+         "file_value": {"path": f"{project}/{run_id}/manifest.json"}},
+        {"attribute_path": "trackport/series/log", "attribute_type": "file",
+         "file_value": {"path": f"{project}/{run_id}/x.jsonl"}},
+        {"attribute_path": "log", "attribute_type": "string_series", "step": Decimal(0),
+         "timestamp": datetime(2024, 1, 1, tzinfo=timezone.utc), "string_value": "line"},
+    ], {"project_id": project, "run_id": run_id})
+    write_exporter_export(tmp_path / "src", [CorpusRun(project, run_id, table, files, "planted")])
+
+    code, report, out = run_cli("copy", str(tmp_path / "src"), f"pluto://{PROJECT}")
+    assert code == 0, out
+    assert report["totals"]["transformations"].get("file_log_renamed") == 2, report
+    assert "file_log_renamed" in mp.CAPABILITIES.transformations
+    assert run_cli("verify", str(tmp_path / "src"), f"pluto://{PROJECT}")[0] == 0
+    back = tmp_path / "back"
+    code, _, out = run_cli("export", f"pluto://{PROJECT}", str(back))
+    assert code == 0, out
+    got = read_plain_export(back)[(project, run_id)]
+    assert canonical_rows(got) == canonical_rows(table)
+    for rel, data in files.items():
+        assert (back / "files" / safe(project) / rel).read_bytes() == data
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+def test_conformance_round_trip(tmp_path, pluto_server):
+    from trackport.testing import conformance
+
+    conformance.round_trip(pluto_server.conformance_target(tmp_path), tmp_path)
+
+
+def test_conformance_run_times(tmp_path, pluto_server):
+    from trackport.testing import conformance
+
+    conformance.run_times(pluto_server.conformance_target(tmp_path), tmp_path)
+
+
+def test_conformance_files_and_bytes(tmp_path, pluto_server):
+    from trackport.testing import conformance
+
+    conformance.files_and_bytes(conformance.Target("pluto://proj"), tmp_path)
+
+
+def test_a_grown_run_gets_only_what_is_new_and_an_unchanged_one_is_skipped(pluto_server, corpus, tmp_path):
+    """neptune-exporter parquet (run_version: its parts' names and sizes) -> Pluto: runs copied
+    with the first half of their series, then grown to all of it.  The completion mark carries
+    the run_version; the grown runs are refreshed in the same Pluto run (metrics replaced by
+    time, console lines by number, histogram points not in the last series file sent, a new
+    manifest generation); the unchanged run is skipped; everything is stored once."""
+    import shutil
+
+    import pyarrow as pa
+
+    from trackport.testing.corpus import CorpusRun
+
+    runs = [corpus_case(corpus, c) for c in ("scalars", "big_series", "string_series", "histograms")]
+
+    def first_half(run):
+        t = run.table
+        steps = [Decimal(s) for s in t.column("step").to_pylist() if s is not None]
+        if not steps:
+            return run
+        cut = sorted(steps)[len(steps) // 2]
+        keep = [s is None or Decimal(s) < cut for s in t.column("step").to_pylist()]
+        return CorpusRun(run.project_id, run.run_id, t.filter(pa.array(keep)), run.files, run.case)
+
+    src = tmp_path / "export"
+    write_exporter_export(src, [first_half(r) for r in runs])
+    code, report, out = run_cli("copy", str(src), f"pluto://{PROJECT}")
+    assert code == 0 and report["totals"]["moved"] == 4, out
+    shutil.rmtree(src)
+    write_exporter_export(src, runs)                       # the trainings went on
+    code, report, out = run_cli("copy", str(src), f"pluto://{PROJECT}")
+    assert code == 0, out
+    statuses = {r["run_id"]: r["status"] for r in report["runs"]}
+    assert statuses == {runs[0].run_id: "skipped", **{r.run_id: "repaired" for r in runs[1:]}}, out
+    grown = frozenset(r.case for r in runs[1:])
+    _assert_stored_exactly(pluto_server, runs, resent=grown)     # one run each, every point once
+    hist = _by_name(pluto_server)["corpus-histograms"]
+    assert {f["fileName"] for f in hist.files if f["logName"] == mp.MANIFEST_LOG} == \
+        {mp.MANIFEST_FILE, mp.generation_name(mp.MANIFEST_FILE, 1)}
+    code, report, out = run_cli("copy", str(src), f"pluto://{PROJECT}")
+    assert code == 0 and report["totals"]["skipped"] == 4, out
+    code, report, out = run_cli("verify", str(src), f"pluto://{PROJECT}")
+    assert code == 0 and report["totals"]["verified"] == 4, out

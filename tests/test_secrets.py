@@ -217,7 +217,13 @@ class SecretRun:
         result = run_watched([*args, *extra], self.env, self.work, self.keys)
         result.report = json.loads(report.read_text()) if artefacts and report.exists() else None
         expected = (expect,) if isinstance(expect, int) else expect
-        assert result.code in expected, f"trackport {' '.join(args)} -> {result.code}\n{result.text()[-4000:]}"
+        said = ""
+        if result.report:   # what went wrong, run by run, when the terminal shows only progress bars
+            said = "\n".join([*(f"{r['run_id']}: {r['status']}: {r.get('error')} drops={r.get('drops')}"
+                                 for r in result.report.get("runs", []) if r.get("error") or r.get("drops")),
+                               *result.report.get("notes", [])])
+        assert result.code in expected, (f"trackport {' '.join(args)} -> {result.code}\n{said}\n"
+                                         f"{result.text()[-4000:]}")
         assert result.cmdline_leaks == {}, f"a key is on a command line: {result.cmdline_leaks}"
         for name, where in (("stdout", result.stdout), ("terminal", result.stderr)):
             assert leaks(where, self.keys) == [], f"{args[0]}: a key is in the {name}:\n{where[-3000:]!r}"

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from support import read_plain_export, run_cli, runs_by_id
-from trackport.core.layout import project_files_dir
+from trackport.connectors.parquet.layout import project_files_dir
 from trackport.core.model import Selection
 from trackport.core.registry import open_source
 from trackport.testing.corpus import build_corpus
@@ -126,7 +126,9 @@ def test_source_reads_every_plugin_with_steps_and_wall_times(tmp_path):
         # histogram: edges are [min] + bucket limits, counts exact
         (step, ts, hist), = hists[f"{sub}/weights"]
         assert (step, ts) == (Decimal(3), _ms(WALL0 + 100.5))
-        assert hist == {"type": "COUNTING", "edges": [-1.0, 0.0, 1.0, 2.0], "values": [1.0, 2.0, 3.0]}
+        # (num = 6 is the sum of the counts and max = 2 the last edge: only sum and sum_squares are kept)
+        assert hist == {"type": "COUNTING;sum=4.0;sum_squares=6.0", "edges": [-1.0, 0.0, 1.0, 2.0],
+                        "values": [1.0, 2.0, 3.0]}
         # images and audio: the encoded bytes, byte for byte
         for plugin, tag, at in (("images", "sample", 5), ("audio", "voice", 6)):
             (step, ts, cell), = files[f"{sub}/{tag}"]
@@ -271,6 +273,229 @@ def test_a_torn_event_file_is_read_up_to_the_tear_and_reported(tmp_path, caplog)
         assert any(str(train) in w and "cut short" in w and str(offsets[6]) in w for w in warnings), warnings
         assert any(str(valid) in w and "checksum mismatch" in w for w in warnings), warnings
     assert report["totals"]["warnings"] == 2
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and str(train) in r.getMessage()]
+    assert len(logged) == 1, logged     # the run is read twice (scan, write): the tear is said once
+
+
+def test_runs_logging_one_image_tag_and_step_export_their_own_files(tmp_path):
+    """Issue 25 item 6: every exported file path is unique per run, even at --workers 8."""
+    from tensorboardX import SummaryWriter
+
+    logdir = tmp_path / "logs"
+    runs = [f"run{k}" for k in range(8)]
+    for k, name in enumerate(runs):
+        writer = SummaryWriter(str(logdir / name))
+        for step in range(3):
+            image = np.full((3, 32, 32), (k * 29 + step * 7) % 256, dtype=np.uint8)
+            writer.add_image("sample", image, step, walltime=WALL0 + step)
+        writer.close()
+    out = tmp_path / "export"
+    code, report, text = run_cli("export", f"tensorboard:{logdir}", str(out), "--workers", "8")
+    assert code == 0, text
+    files_root = project_files_dir(out, "logs")
+    source = open_source(f"tensorboard:{logdir}", {})
+    refs = {r.run_id: r for r in source.list_runs(Selection())}
+    paths = set()
+    for (project, run_id), table in read_plain_export(out).items():
+        series = _series(table, "file_series")["sample"]
+        files = source.files(refs[run_id])
+        assert [p[0] for p in series] == [Decimal(s) for s in range(3)]
+        for _, _, cell in series:
+            paths.add(cell["path"])
+            assert (files_root / cell["path"]).read_bytes() == files.open(cell["path"]).read(), (run_id, cell)
+    assert len(paths) == 3 * len(runs)
+    assert not list(files_root.rglob("*.tmp"))
+    code, report, text = run_cli("verify", f"tensorboard:{logdir}", str(out))
+    assert code == 0, text
+
+
+def test_the_parquet_sink_never_puts_two_runs_bytes_in_one_file_path(tmp_path):
+    """The invariant lives in the sink: two runs of a project naming one file path share it only
+    when their bytes are the same (an MLflow experiment holding a run and trackport's copy of
+    it); other bytes for a path another run wrote fail that run, naming the path and the run."""
+    from trackport.connectors.parquet import open_sink
+    from trackport.core.errors import RunError
+    from trackport.core.registry import parse_uri
+    from trackport.testing.corpus import CorpusRun, rows_table
+
+    src = tmp_path / "src"
+    shared = "shared/model.bin"
+    runs = [CorpusRun("p", rid, rows_table("p", rid, [{"path": "model", "type": "file", "value": shared}]),
+                      files={shared: b"one file for two runs"}) for rid in ("r1", "r2")]
+    write_exporter_export(src, runs)
+    out = tmp_path / "out"
+    code, report, text = run_cli("export", str(src), str(out), "--workers", "2")
+    assert code == 0, text
+    assert sorted(r["status"] for r in report["runs"]) == ["moved", "moved"]
+    assert [p.read_bytes() for p in (out / "files").rglob("model.bin")] == [b"one file for two runs"]
+    assert run_cli("verify", str(src), str(out))[0] == 0
+
+    sink = open_sink(parse_uri(f"parquet:{tmp_path / 'other'}"), {})
+    (tmp_path / "a.bin").write_bytes(b"first")
+    (tmp_path / "b.bin").write_bytes(b"second")
+    assert sink.claim_file("p", "r1", "x.bin", tmp_path / "a.bin") is True
+    with pytest.raises(RunError) as refused:
+        sink.claim_file("p", "r2", "x.bin", tmp_path / "b.bin")
+    assert "x.bin" in str(refused.value) and "'r1'" in str(refused.value)
+
+
+SENTINEL = 1.7976931348623157e308     # DBL_MAX: TF1 and Keras histograms end their buckets with it
+CKPT = "/models/run1/model.ckpt-3"
+
+
+def write_tf1_training(run_dir: Path) -> dict:
+    """An Estimator-like TF1 run written with TensorBoard's own protos: graph and meta graph per
+    session, simple_value scalars, a `histo` with the sentinel bucket limit, a CHECKPOINT session
+    log, the hparams experiment / session start / session end records, and a restart (a second
+    session START at step 5 that writes steps 5..7 again)."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    from tensorboard.compat.proto.graph_pb2 import GraphDef
+    from tensorboard.compat.proto.meta_graph_pb2 import MetaGraphDef
+    from tensorboard.compat.proto.node_def_pb2 import NodeDef
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+    from tensorboardX.record_writer import RecordWriter
+    from tensorboardX.summary import hparams as hparams_summary
+
+    run_dir.mkdir(parents=True)
+    writer = RecordWriter(str(run_dir / "events.out.tfevents.1700000000.host"))
+    out = {"graphs": [], "meta_graphs": []}
+
+    def write(**fields):
+        writer.write(Event(**fields).SerializeToString())
+
+    def session(first_step: int, steps: range, seed: int) -> None:
+        write(wall_time=WALL0 + first_step, step=first_step, session_log=SessionLog(status=SessionLog.START))
+        graph = GraphDef(node=[NodeDef(name=f"dense_{seed}", op="MatMul")]).SerializeToString()
+        meta = MetaGraphDef(graph_def=GraphDef(node=[NodeDef(name=f"meta_{seed}", op="Const")]))
+        meta.meta_info_def.tags.append("serve")
+        write(wall_time=WALL0 + first_step, step=first_step, graph_def=graph)
+        write(wall_time=WALL0 + first_step + 0.5, step=first_step, meta_graph_def=meta.SerializeToString())
+        out["graphs"].append(graph)
+        out["meta_graphs"].append(meta.SerializeToString())
+        for step in steps:
+            write(wall_time=WALL0 + step + 1, step=step, summary=Summary(value=[
+                Summary.Value(tag="loss", simple_value=seed + 1.0 / (step + 1))]))
+        write(wall_time=WALL0 + steps[-1] + 1.5, step=steps[-1], summary=Summary(value=[
+            Summary.Value(tag="dense/kernel", histo=HistogramProto(
+                min=-0.5, max=0.75, num=4.0, sum=0.5, sum_squares=1.125,
+                bucket_limit=[0.0, 0.5, SENTINEL], bucket=[1.0, 2.0, 1.0]))]))
+
+    write(wall_time=WALL0 - 1, file_version="brain.Event:2")
+    for summary in hparams_summary({"lr": 0.01, "optimizer": "sgd"}, {"loss": 0.0}):
+        write(wall_time=WALL0, step=0, summary=Summary.FromString(summary.SerializeToString()))
+    session(0, range(0, 8), 0)
+    write(wall_time=WALL0 + 9, step=3, session_log=SessionLog(
+        status=SessionLog.CHECKPOINT, msg="saved", checkpoint_path=CKPT))
+    session(5, range(5, 10), 10)
+    writer.close()
+    return out
+
+
+def _tf1_export(tmp_path, *args: str):
+    logdir = tmp_path / "estimator"
+    written = write_tf1_training(logdir / "model")
+    out = tmp_path / "export"
+    code, report, text = run_cli("export", f"tensorboard:{logdir}", str(out), *args)
+    assert code == 0, text
+    (table,) = read_plain_export(out).values()
+    return logdir, written, out, table, runs_by_id(report)["model"]
+
+
+def test_meta_graphs_move_like_graphs(tmp_path):
+    """Issue 25 item 7: `meta_graph_def` records were dropped; every graph record moves too."""
+    logdir, written, out, table, _ = _tf1_export(tmp_path)
+    files = _series(table, "file_series")
+    files_root = project_files_dir(out, "estimator")
+    for attr, key, steps in (("tensorboard/meta_graph", "meta_graphs", [0, 5]),
+                             ("tensorboard/graph", "graphs", [0, 5])):
+        points = files[attr]
+        assert [p[0] for p in points] == [Decimal(s) for s in steps], attr
+        assert [(files_root / p[2]["path"]).read_bytes() for p in points] == written[key], attr
+    code, report, text = run_cli("verify", f"tensorboard:{logdir}", str(out))
+    assert code == 0, text
+
+
+def test_histograms_keep_max_sum_and_sum_squares_through_a_round_trip(tmp_path):
+    """Issue 25 item 8: TensorBoard takes `max` as the last right edge of a histogram whose buckets
+    end with the sentinel; every HistogramProto field survives TensorBoard -> parquet -> TensorBoard."""
+    logdir, _, out, table, _ = _tf1_export(tmp_path)
+    (_, _, hist), _ = _series(table, "histogram_series")["dense/kernel"]
+    assert hist["edges"] == [-0.5, 0.0, 0.5, SENTINEL] and hist["values"] == [1.0, 2.0, 1.0]
+    assert hist["type"] == "COUNTING;max=0.75;sum=0.5;sum_squares=1.125"
+    tb = tmp_path / "tb"
+    code, report, text = run_cli("copy", str(out), f"tensorboard:{tb}")
+    assert code == 0, text
+    (run_dir,) = [p.parent for p in tb.rglob("trackport-run.json")]
+    original, copied = _accumulator(logdir / "model"), _accumulator(run_dir)
+    from tensorboard.util import tensor_util
+
+    for acc in (original, copied):   # what TensorBoard draws: the last bucket ends at max
+        last = tensor_util.make_ndarray(acc.Tensors("dense/kernel")[-1].tensor_proto)
+        assert last[-1].tolist() == [0.5, 0.75, 1.0]
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    protos = [e.summary.value[0].histo for e in map(Event.FromString,
+              (d for _, d in __import__("trackport.connectors.tensorboard.reader", fromlist=["x"])
+               .RecordReader(next(run_dir.glob("*tfevents*")))))
+              if e.WhichOneof("what") == "summary" and e.summary.value[0].HasField("histo")]
+    assert [(h.min, h.max, h.num, h.sum, h.sum_squares, list(h.bucket_limit)) for h in protos] == [
+        (-0.5, 0.75, 4.0, 0.5, 1.125, [0.0, 0.5, SENTINEL])] * 2
+    code, report, text = run_cli("verify", str(out), f"tensorboard:{tb}")
+    assert code == 0, text
+
+
+def test_checkpoint_paths_and_hparams_experiment_and_session_end_are_kept(tmp_path):
+    """Issue 25 item 9."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, _, out, table, _ = _tf1_export(tmp_path)
+    texts = _series(table, "string_series")
+    assert [(p[0], p[2]) for p in texts["tensorboard/checkpoint_path"]] == [(Decimal(3), CKPT)]
+    assert [p[2] for p in texts["tensorboard/session_log"]] == ["START", "CHECKPOINT: saved", "START"]
+    params = {r["attribute_path"]: r for r in table.filter(pc.is_null(table.column("step"))).to_pylist()}
+    assert params["tensorboard/session_end/status"]["string_value"] == "STATUS_SUCCESS"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        (project_files_dir(out, "estimator") / params["tensorboard/hparams_experiment"]["file_value"]["path"])
+        .read_bytes()).experiment
+    assert sorted(h.name for h in experiment.hparam_infos) == ["lr", "optimizer"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["loss"]
+    assert params["hparams/lr"]["float_value"] == 0.01
+
+
+def test_restarts_are_counted_and_tensorboards_views_are_options(tmp_path):
+    """Issue 25 item 10: a restart (a second session START at step 5, then steps 5..9 again) is
+    counted and reported; every point moves by default; --tensorboard-orphans moves what the real
+    `tensorboard` shows with its default loader, or with --load_fast=false."""
+    from tensorboard_server import get_json, start_tensorboard, stop_tensorboard, wait_for
+
+    logdir, _, _, table, run = _tf1_export(tmp_path)
+    steps = [p[0] for p in _series(table, "float_series")["loss"]]
+    assert steps == sorted([Decimal(s) for s in [*range(0, 8), *range(5, 10)]])
+    assert run["details"]["tensorboard_restarts"] == 1
+    assert run["details"]["tensorboard_step_regressions"] == 1
+    assert any("restarted at step 5" in w for w in run["warnings"]), run["warnings"]
+    assert sum("do not come after" in w for w in run["warnings"]) == 1, run["warnings"]
+
+    for view, load_fast in (("default-loader", "true"), ("python-loader", "false")):
+        proc, url = start_tensorboard(logdir, tmp_path / f"home-{view}", load_fast)
+        try:
+            assert wait_for(lambda: get_json(url, "/data/plugin/histograms/tags").get("model"))
+            shown = {"loss": [(Decimal(p[1]), p[2]) for p in get_json(
+                         url, "/data/plugin/scalars/scalars", run="model", tag="loss")],
+                     "dense/kernel": [Decimal(p[1]) for p in get_json(
+                         url, "/data/plugin/histograms/histograms", run="model", tag="dense/kernel")]}
+        finally:
+            stop_tensorboard(proc)
+        out = tmp_path / view
+        code, report, text = run_cli("export", f"tensorboard:{logdir}", str(out), "--tensorboard-orphans", view)
+        assert code == 0, text
+        (moved,) = read_plain_export(out).values()
+        assert [(p[0], p[2]) for p in _series(moved, "float_series")["loss"]] == shown["loss"], view
+        assert [p[0] for p in _series(moved, "histogram_series")["dense/kernel"]] == shown["dense/kernel"], view
+        hidden = 13 + 2 - len(shown["loss"]) - len(shown["dense/kernel"])
+        assert runs_by_id(report)["model"]["transformations"]["orphans_hidden"] == hidden, view
+        code, report, text = run_cli("verify", f"tensorboard:{logdir}", str(out), "--tensorboard-orphans", view)
+        assert code == 0, text
 
 
 # -- sink ----------------------------------------------------------------------------
@@ -328,6 +553,47 @@ def test_sink_writes_what_tensorboard_shows_and_repairs_without_duplicates(tmp_p
     code, report, text = run_cli("verify", str(src), f"tensorboard:{logdir}")
     assert code == 0, text
     assert report["totals"]["verified"] == len(corpus)
+
+
+@pytest.mark.parametrize("load_fast", ["true", "false"])
+def test_tensorboard_shows_every_scalar_with_either_loader(tmp_path, load_fast):
+    """The real `tensorboard` (HTTP data API) shows every copied scalar with its default Rust loader
+    (which ignores DT_DOUBLE scalars) and with the Python one; the exact value still reads back."""
+    from tensorboard_server import get_json, start_tensorboard, stop_tensorboard, wait_for
+
+    run = next(r for r in build_corpus(big=False) if r.case == "steps")
+    src = tmp_path / "export"
+    write_exporter_export(src, [run])
+    logdir = tmp_path / "tb"
+    code, report, text = run_cli("copy", str(src), f"tensorboard:{logdir}")
+    assert code == 0, text
+    moved = runs_by_id(report)[run.run_id]
+    dest = moved["dest_id"]
+    multiplier = json.loads((logdir / dest / "trackport-run.json").read_text())["multiplier"]
+    series = run.table.filter(pc.equal(run.table.column("attribute_type"), "float_series"))
+    want: dict[str, list] = {}
+    for row in series.select(["attribute_path", "step", "float_value"]).to_pylist():
+        want.setdefault(row["attribute_path"], []).append(
+            (int(row["step"] * multiplier), float(np.float32(row["float_value"]))))
+    assert moved["transformations"]["scalar_float32_display"] == series.num_rows   # rng.random(): none float32
+
+    proc, url = start_tensorboard(logdir, tmp_path / "tb-home", load_fast)
+    try:
+        tags = wait_for(lambda: get_json(url, "/data/plugin/scalars/tags").get(dest))
+        assert sorted(tags or {}) == sorted(want), f"TensorBoard shows scalar tags {tags}"
+        for tag, points in want.items():
+            shown = get_json(url, "/data/plugin/scalars/scalars", run=dest, tag=tag)
+            assert sorted((step, value) for _, step, value in shown) == sorted(points), tag
+    finally:
+        stop_tensorboard(proc)
+
+    source = open_source(f"tensorboard:{logdir}", {})
+    (ref,) = list(source.list_runs(Selection()))
+    back = _series(pa.concat_tables(source.read_run(ref, Selection())), "float_series")
+    assert set(back) == set(want)
+    for tag in want:
+        rows = series.filter(pc.equal(series.column("attribute_path"), tag))
+        assert sorted(v for *_, v in back[tag]) == sorted(rows.column("float_value").to_pylist())
 
 
 # -- TensorBoard -> MLflow ----------------------------------------------------------
@@ -399,3 +665,85 @@ def test_tensorboard_to_mlflow_verify_clean_and_incremental(tmp_path, mlflow_ser
     code, report, text = run_cli("verify", f"tensorboard:{live}", dest, *args)
     assert code == 0, text
     assert report["totals"]["verified"] == 1
+
+
+def test_a_moved_logdir_finds_the_runs_it_loaded(tmp_path):
+    """A run's origin is its first event file's name (with its project and run id), not the
+    logdir's path: a logdir moved elsewhere under the same name finds its destination runs."""
+    logdir = tmp_path / "first" / "lightning_logs"
+    write_training(logdir)
+    dest = f"mlflow:sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--tensorboard-subdirs-as-prefixes"]
+    assert run_cli("copy", f"tensorboard:{logdir}", dest, *args)[0] == 0
+    moved = tmp_path / "second" / "lightning_logs"
+    logdir.parent.rename(tmp_path / "second")
+    code, report, text = run_cli("copy", f"tensorboard:{moved}", dest, *args)
+    assert code == 0 and report["totals"]["skipped"] == 1, text
+    code, report, text = run_cli("verify", f"tensorboard:{moved}", dest, *args)
+    assert code == 0 and report["totals"]["verified"] == 1, text
+    # another training in a logdir of the same name is another run, not this one
+    other = tmp_path / "third" / "lightning_logs"
+    write_training(other, wall0=WALL0 + 86_400)
+    code, report, text = run_cli("copy", f"tensorboard:{other}", dest, *args)
+    assert code == 0 and report["totals"]["moved"] == 1, text
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+def test_conformance_round_trip(tmp_path):
+    from trackport.testing import conformance
+
+    # exact round trip: what TensorBoard cannot hold natively is kept in the run's mark
+    conformance.round_trip(conformance.Target(f"tensorboard:{tmp_path / 'dest-logdir'}"), tmp_path)
+
+
+def test_conformance_run_times(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.run_times(conformance.Target(f"tensorboard:{tmp_path / 'dest-logdir'}"), tmp_path)
+
+
+def test_conformance_files_and_bytes(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.files_and_bytes(conformance.Target(f"tensorboard:{tmp_path / 'tb'}"), tmp_path)
+
+
+def test_conformance_sigkill_heals(tmp_path):
+    from trackport.testing import conformance
+
+    conformance.sigkill_heals(conformance.Target(f"tensorboard:{tmp_path / 'dest-logdir'}"), tmp_path)
+
+
+def test_a_resumed_training_is_copied_again_once_and_an_unchanged_run_is_skipped(tmp_path):
+    """TensorBoard -> TensorBoard: a training resumed after the first copy (tensorboardX writes
+    a second event file into its folder) has a new run_version; the second copy rewrites the
+    destination run in place with every point once; a run that did not change is skipped."""
+    from tensorboardX import SummaryWriter
+
+    logdir, dest = tmp_path / "logs", tmp_path / "dest"
+    done = SummaryWriter(str(logdir / "exp" / "done"))
+    done.add_scalar("loss", 1.0, 0, walltime=WALL0)
+    done.close()
+    writer = SummaryWriter(str(logdir / "exp" / "live"))
+    for step in range(3):
+        writer.add_scalar("loss", 1.0 / (step + 1), step, walltime=WALL0 + step)
+    writer.close()
+    code, report, out = run_cli("copy", f"tensorboard:{logdir}", f"tensorboard:{dest}")
+    assert code == 0 and report["totals"]["moved"] == 2, out
+    writer = SummaryWriter(str(logdir / "exp" / "live"), filename_suffix=".resumed")
+    for step in range(3, 6):
+        writer.add_scalar("loss", 1.0 / (step + 1), step, walltime=WALL0 + step)
+    writer.close()
+    code, report, out = run_cli("copy", f"tensorboard:{logdir}", f"tensorboard:{dest}")
+    assert code == 0, out
+    statuses = sorted((r["run_id"], r["status"]) for r in report["runs"])
+    assert [s for _, s in statuses] == ["skipped", "repaired"], statuses
+    assert next(r for r in report["runs"] if r["status"] == "repaired")["details"]["source_changed"] is True
+    code, report, out = run_cli("export", f"tensorboard:{dest}", str(tmp_path / "back"))
+    assert code == 0, out
+    tables = {run_id: t for (_, run_id), t in read_plain_export(tmp_path / "back").items()}
+    live = next(t for run_id, t in tables.items() if "live" in run_id)
+    assert [s for s, _, _ in _series(live, "float_series")["loss"]] == list(range(6))   # each point once
+    assert len(list((dest).rglob("events.out.tfevents.*"))) == 2                        # one file per run
+    code, report, out = run_cli("copy", f"tensorboard:{logdir}", f"tensorboard:{dest}")
+    assert code == 0 and report["totals"]["skipped"] == 2, out

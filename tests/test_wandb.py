@@ -25,6 +25,7 @@ import pytest
 
 import wandb_offline_support as wos
 from support import read_plain_export, run_cli, runs_by_id
+from wandb_server import wandb_server  # noqa: F401  (fixture)
 from trackport.connectors.wandb import mapping as mp
 from trackport.connectors.wandb.datastore import BLOCK_SIZE, LogReader, write_log
 from trackport.testing.corpus import build_corpus
@@ -263,6 +264,185 @@ def test_offline_runs_to_mlflow_verify_clean_and_a_rerun_adds_nothing(offline_ro
     assert report["totals"]["skipped"] == 2 and report["totals"]["points"] == 0
 
 
+def _series_rows(table: pa.Table) -> pa.Table:
+    return table.filter(pc.match_substring(table.column("attribute_type"), "_series"))
+
+
+def test_stats_of_old_and_new_sdks_keep_the_names_wandb_gives_them(tmp_path):
+    """wandb 0.10-0.12 stats records hold `network: {sent, recv}` (W&B's server flattens it to
+    system.network.sent / .recv); a wandb 0.21 key `system.powerWatts` is
+    `system.system.powerWatts` at W&B, so `monitoring/system.powerWatts` here.  Every point has a
+    step and counts as a point in plan and export."""
+    wos.write_proto_run(tmp_path / "runs")
+    code, report, out = run_cli("export", f"wandb:{tmp_path / 'runs'}", str(tmp_path / "export"))
+    assert code == 0, out
+    (run,) = report["runs"]
+    assert run["drops"] == {}
+    assert run["transformations"]["system_metric_nested_key"] == len(wos.STATS)
+    table = read_plain_export(tmp_path / "export")[(f"{wos.ENTITY}/{wos.PROJECT}", wos.PROTO_ID)]
+    monitoring = {p for p in table.column("attribute_path").to_pylist() if p.startswith("monitoring/")}
+    assert monitoring == set(wos.STATS_PATHS)
+    for path, key in wos.STATS_PATHS.items():
+        want = []
+        for step, (ts, items) in enumerate(wos.STATS):
+            value = items[key[0]][key[1]] if isinstance(key, tuple) else items[key]
+            want.append((step, round(ts * 1000), float(value)))
+        assert _series(table, path) == want, path
+
+    series = _series_rows(table)
+    assert series.column("step").null_count == 0
+    assert run["points"] == series.num_rows == len(wos.PROTO_HISTORY) + len(wos.STATS) * len(wos.STATS_PATHS)
+    code, plan, out = run_cli("plan", f"wandb:{tmp_path / 'runs'}", str(tmp_path / "planned"))
+    assert code == 0, out
+    assert plan["runs"][0]["points"] == run["points"]
+
+
+def test_a_history_row_without_a_step_is_a_declared_drop(tmp_path):
+    """Every W&B history row carries `_step`; one that has none cannot be placed in a series:
+    it is counted as a drop (exit 1 unless --allow-drops), as the API source does, never put
+    at step 0."""
+    wos.write_proto_run(tmp_path / "runs", stats=[], stepless=[{"loss": 7.0, "other": 1.0}])
+    code, report, out = run_cli("export", f"wandb:{tmp_path / 'runs'}", str(tmp_path / "export"))
+    assert code == 1, out
+    (run,) = report["runs"]
+    assert run["drops"] == {"history_row_without_step": 1}
+    code, report, out = run_cli("export", f"wandb:{tmp_path / 'runs'}", str(tmp_path / "export2"),
+                                "--allow-drops")
+    assert code == 0, out
+    table = read_plain_export(tmp_path / "export2")[(f"{wos.ENTITY}/{wos.PROJECT}", wos.PROTO_ID)]
+    assert _series(table, "loss") == [(s, round(ts * 1000), v["loss"]) for s, v, ts in wos.PROTO_HISTORY]
+    assert _series(table, "other") == []
+    assert _series_rows(table).column("step").null_count == 0
+
+
+@pytest.fixture(scope="module")
+def resumed_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wandb-resumed")
+    wos.make_resumed_runs(root)
+    return root
+
+
+def test_folders_of_one_run_id_are_merged_in_time_order(resumed_root, tmp_path):
+    """A run resumed offline and a run a sweep agent started twice leave two folders of one
+    run id (real SDK).  They are one run, as at W&B: history once per step (the earlier
+    folder's point kept at a step logged again, a declared drop), the later config, summary
+    and files winning, the merge in the run's report."""
+    folders = {run_id: sorted((resumed_root / "wandb").glob(f"offline-run-*-{run_id}"))
+               for run_id in (wos.RESUMED_ID, wos.STUB_ID)}
+    assert all(len(dirs) == 2 for dirs in folders.values())
+    src = f"wandb:{resumed_root}"
+    code, report, out = run_cli("export", src, str(tmp_path / "strict"))
+    assert code == 1, out                                  # the repeated step is a drop
+    by_id = runs_by_id(report)
+    assert set(by_id) == {wos.RESUMED_ID, wos.STUB_ID}
+    resumed, stub = by_id[wos.RESUMED_ID], by_id[wos.STUB_ID]
+    # a drop the user did not allow leaves that run unwritten; the other run moves
+    assert resumed["status"] == "failed" and "resumed_step_repeated 2" in resumed["error"], resumed
+    assert stub["status"] == "moved" and stub["drops"] == {}
+
+    code, report, out = run_cli("export", src, str(tmp_path / "export"), "--allow-drops")
+    assert code == 0, out
+    by_id = runs_by_id(report)
+    assert all(r["status"] == "moved" for r in by_id.values())
+    assert by_id[wos.RESUMED_ID]["drops"] == {"resumed_step_repeated": 2}      # loss and _runtime at step 2
+    for run_id, run in by_id.items():
+        assert run["transformations"]["resumed_runs_merged"] == 1
+        assert run["details"]["source"]["merged_run_dirs"] == [d.name for d in folders[run_id]]
+    tables = _export(src, tmp_path / "export2", "--allow-drops")
+    table = tables[(f"{wos.ENTITY}/{wos.PROJECT}", wos.RESUMED_ID)]
+    (first_config, first, _, _), (later_config, later, _, _) = wos.RESUMED_FOLDERS
+    want = {}
+    for rows in (later, first):              # the earlier folder's point wins at a repeated step
+        for step, values, ts in rows:
+            if "loss" in values:
+                want[step] = (step, round(ts * 1000), values["loss"])
+    assert _series(table, "loss") == sorted(want.values())
+    assert [s for s, _, _ in _series(table, mp.RUNTIME_SERIES)] == [0, 1, 2, 3, 4]
+    assert _series(table, "acc") == [(3, round((wos.BASE_S + 51) * 1000), 0.5)]
+    single = _singles(table)
+    assert single["config/lr"] == ("float", later_config["lr"])          # the later config wins
+    assert single["config/epochs"] == ("int", first_config["epochs"])    # ... over what it did not set
+    assert single["summary/best"] == ("float", 0.5)
+    assert single["wandb/state"] == ("string", "finished") and single["wandb/exit_code"] == ("int", 0)
+    assert json.loads(single["wandb/offline_run_dirs"][1]) == [d.name for d in folders[wos.RESUMED_ID]]
+    # each run file once, from the later folder
+    files = [r for r in table.to_pylist() if r["attribute_type"] == "file"]
+    assert len({r["attribute_path"] for r in files}) == len(files)
+    assert all(r["file_value"]["path"].startswith(folders[wos.RESUMED_ID][1].name) for r in files)
+
+    stub = tables[(f"{wos.ENTITY}/{wos.PROJECT}", wos.STUB_ID)]
+    (stub_config, _, _, _), (stub_later, rows, _, _) = wos.STUB_FOLDERS
+    assert _series(stub, "m") == [(s, round(ts * 1000), v["m"]) for s, v, ts in rows]
+    assert _singles(stub)["config/a"] == ("int", 2) and _singles(stub)["config/only_first"] == ("string", "x")
+
+    # one folder named alone is that folder only
+    one = _export(f"wandb:{folders[wos.STUB_ID][1]}", tmp_path / "one")
+    assert [s for s, _, _ in _series(one[(f"{wos.ENTITY}/{wos.PROJECT}", wos.STUB_ID)], "m")] == [0, 1]
+
+
+def test_a_run_that_grew_is_copied_again_once_and_an_unchanged_one_is_skipped(resumed_root, tmp_path):
+    """W&B offline -> W&B offline: a run resumed offline (a second folder of its id, real SDK)
+    after the first copy has a new run_version; the copy rewrites it (one W&B run, every point
+    once), and a copy with nothing changed skips it."""
+    src = tmp_path / "src" / "wandb"
+    src.mkdir(parents=True)
+    for run_id in (wos.RESUMED_ID, wos.STUB_ID):
+        shutil.copytree(sorted((resumed_root / "wandb").glob(f"offline-run-*-{run_id}"))[0],
+                        src / sorted((resumed_root / "wandb").glob(f"offline-run-*-{run_id}"))[0].name)
+    dest = ["wandb://team/proj", "--wandb-mode", "offline", "--wandb-dir", str(tmp_path / "wb"), "--allow-drops"]
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0 and report["totals"]["moved"] == 2, out
+    assert _series(_export(f"wandb:{tmp_path / 'wb'}", tmp_path / "e1")[
+        (f"{wos.ENTITY}/{wos.PROJECT}", wos.RESUMED_ID)], "loss")[-1][0] == 2
+    later = sorted((resumed_root / "wandb").glob(f"offline-run-*-{wos.RESUMED_ID}"))[1]
+    shutil.copytree(later, src / later.name)                  # the run grew: resumed, steps 2..4
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0, out
+    by_id = runs_by_id(report)
+    assert by_id[wos.RESUMED_ID]["status"] == "repaired" and by_id[wos.STUB_ID]["status"] == "skipped", out
+    assert by_id[wos.RESUMED_ID]["details"]["source_changed"] is True
+    back = _export(f"wandb:{tmp_path / 'wb'}", tmp_path / "e2")[(f"{wos.ENTITY}/{wos.PROJECT}", wos.RESUMED_ID)]
+    assert [s for s, _, _ in _series(back, "loss")] == [0, 1, 2, 3, 4]      # each point once
+    assert [s for s, _, _ in _series(back, "acc")] == [3]
+    assert len(list((tmp_path / "wb" / "wandb").glob(f"offline-run-*-*"))) == 2   # no second run
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0 and report["totals"]["skipped"] == 2, out
+
+
+def test_a_grown_run_gets_only_its_new_steps_online(resumed_root, tmp_path, wandb_server):
+    """W&B offline -> W&B online (stand-in server): the completion mark records the source's
+    run_version, last step and point count; once the source run grew (resumed offline, real
+    SDK), the next copy resumes the W&B run and logs only the steps after its last one: one
+    run, every step once, nothing sent again; unchanged runs are skipped."""
+    src = tmp_path / "src" / "wandb"
+    src.mkdir(parents=True)
+    folders = {run_id: sorted((resumed_root / "wandb").glob(f"offline-run-*-{run_id}"))
+               for run_id in (wos.RESUMED_ID, wos.STUB_ID)}
+    for dirs in folders.values():
+        shutil.copytree(dirs[0], src / dirs[0].name)
+    dest = ["wandb://entity/grow", "--wandb-dir", str(tmp_path / "wd"), "--allow-drops"]
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0 and report["totals"]["moved"] == 2, out
+    (run,) = [r for r in wandb_server.entities["entity"]["grow"]
+              if mp.origin_from_config(r.config)[1] == wos.RESUMED_ID]
+    assert [row["_step"] for row in run.history] == [0, 1, 2]
+    sent = run.history_lines_received
+    shutil.copytree(folders[wos.RESUMED_ID][1], src / folders[wos.RESUMED_ID][1].name)   # it grew
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0, out
+    by_id = runs_by_id(report)
+    assert by_id[wos.RESUMED_ID]["status"] == "repaired" and by_id[wos.STUB_ID]["status"] == "skipped", out
+    assert len(wandb_server.entities["entity"]["grow"]) == 2                       # no second run
+    assert [row["_step"] for row in run.history] == [0, 1, 2, 3, 4]                # each step once
+    assert [row.get("loss") for row in run.history] == [3.0, 2.0, 1.5, 1.0, 0.5]
+    assert run.history_lines_received == sent + 2                                   # only steps 3, 4
+    assert mp.is_complete(run.config) and run.config[mp.TRACKPORT_KEY]["last_step"] == 4
+    code, report, out = run_cli("copy", f"wandb:{src.parent}", *dest)
+    assert code == 0 and report["totals"]["skipped"] == 2, out
+    code, report, out = run_cli("verify", f"wandb:{src.parent}", *dest)
+    assert code == 0 and report["totals"]["verified"] == 2, out
+
+
 # ---------------------------------------------------------------------------
 # the sink (offline mode)
 
@@ -287,7 +467,11 @@ def test_sink_merges_steps_across_batches_and_reruns_skip_or_repair(tmp_path):
     steps_run = next(r for r in corpus if r.case == "steps")
     from trackport.core.registry import open_source
 
-    run_id = mp.dest_run_id(open_source(str(src), {}).uri, steps_run.project_id, steps_run.run_id)
+    from trackport.core.model import Selection
+
+    source = open_source(str(src), {})
+    ref = next(r for r in source.list_runs(Selection()) if r.run_id == steps_run.run_id)
+    run_id = mp.dest_run_id(source.origin(ref).uri, steps_run.project_id, steps_run.run_id)
     (run_dir,) = (wb / "wandb").glob(f"offline-run-*-{run_id}")
     from trackport.connectors.wandb.client import internal_pb2
 
@@ -322,7 +506,7 @@ def test_sink_merges_steps_across_batches_and_reruns_skip_or_repair(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# the pluto-ml trap (DESIGN.md section 7)
+# the pluto-ml trap (docs/wandb.md)
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -465,6 +649,14 @@ def test_mapping_of_values_keys_and_files():
 
     assert mp.system_metric_path("system.gpu.0.temp") == "monitoring/gpu.0.temp"
     assert mp.system_metric_path("cpu") == "monitoring/cpu"
+    # only the one `system.` W&B adds is removed; an offline stats key gets it added first
+    assert mp.system_metric_path("system.system.powerWatts") == "monitoring/system.powerWatts"
+    assert mp.system_metric_path(mp.stats_metric_name("system.powerWatts")) == "monitoring/system.powerWatts"
+    hits = {}
+    assert mp.system_metric_points("system.network", {"sent": 1, "recv": 2}, hits) == [
+        mp.HistoryPoint("monitoring/network.sent", "float_series", 1.0),
+        mp.HistoryPoint("monitoring/network.recv", "float_series", 2.0)]
+    assert hits == {"system_metric_nested_key": 1}
     assert mp.classify_file("requirements.txt") == ("source_code/requirements", "file")
     assert mp.classify_file("code/train.py") == ("source_code/files/train.py", "file")
     assert mp.classify_file("model.ckpt") == ("checkpoints/model.ckpt", "file")
@@ -475,3 +667,43 @@ def test_mapping_of_values_keys_and_files():
     assert run_id == mp.dest_run_id("parquet:/x", "ws/p", "RUN-1") != mp.dest_run_id("parquet:/y", "ws/p", "RUN-1")
     assert len(run_id) == 16 and set(run_id) <= set(mp.RUN_ID_ALPHABET)
     assert mp.ms_from_seconds(1714521600.001) == 1714521600001
+
+
+def test_a_moved_offline_folder_finds_the_runs_it_loaded(offline_root, tmp_path):
+    """The origin of an offline run is its entity/project and run id, not the folder it lies in."""
+    db = tmp_path / "mlflow.db"
+    dest = f"mlflow:sqlite:///{db}"
+    assert run_cli("copy", f"wandb:{offline_root}", dest)[0] == 0
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(offline_root, moved, symlinks=True)
+    code, report, out = run_cli("copy", f"wandb:{moved}", dest)
+    assert code == 0 and report["totals"]["skipped"] == 2, out
+    code, report, out = run_cli("verify", f"wandb:{moved}", dest)
+    assert code == 0 and report["totals"]["verified"] == 2, out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 2 and {r.data.tags["trackport.origin.uri"] for r in runs} == {"wandb:offline"}
+
+
+# -- conformance (trackport.testing.conformance) ------------------------------------------------
+def test_conformance_round_trip(tmp_path):
+    import wandb_offline_support
+    from trackport.testing import conformance
+
+    conformance.round_trip(wandb_offline_support.conformance_target(tmp_path), tmp_path)
+
+
+def test_conformance_run_times(tmp_path):
+    import wandb_offline_support
+    from trackport.testing import conformance
+
+    conformance.run_times(wandb_offline_support.conformance_target(tmp_path), tmp_path)
+
+
+def test_conformance_files_and_bytes(tmp_path):
+    import wandb_offline_support
+    from trackport.testing import conformance
+
+    conformance.files_and_bytes(wandb_offline_support.conformance_target(tmp_path), tmp_path)

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from support import read_plain_export, run_cli, runs_by_id
-from trackport.core import layout
+from trackport.connectors.parquet import layout
 from wandb_server import PNG, T0, fixture_runs, wandb_server  # noqa: F401  (fixture)
 
 
@@ -306,6 +306,45 @@ def test_api_source_reads_sdk_runs_as_the_offline_source_does(tmp_path, monkeypa
     assert any(r["attribute_type"] == "file_series" for r in rich.to_pylist())     # the image
 
 
+def test_both_readers_give_a_runs_system_metrics_the_same_paths(tmp_path, monkeypatch):
+    """Stats records of wandb 0.10-0.12 (`network: {sent, recv}`) and 0.21 (`system.powerWatts`),
+    put on our server as W&B's sender does (`system.` + key, nested values flattened: the
+    events stream holds `system.network.sent` and `system.system.powerWatts`): `wandb:` and
+    `wandb://` give every system metric point the same path, step, time and value."""
+    from wandb_offline_support import ENTITY, PROJECT, PROTO_ID, STATS, STATS_PATHS, write_proto_run
+    from wandb_server import WandbServer, fake_run_from_offline
+
+    run_dir = write_proto_run(tmp_path / "sdk")
+    entity, project, fake = fake_run_from_offline(run_dir)
+    assert {"system.network.sent", "system.system.powerWatts"} <= set(fake.events[0])
+    key = "tp-secret-wandb-key-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+    server = WandbServer(key, {entity: {project: [fake]}}).start()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    try:
+        code, _r, output = run_cli("export", f"wandb:{tmp_path / 'sdk'}", str(tmp_path / "offline"))
+        assert code == 0, output
+        code, _r, output = run_cli("export", f"wandb://{ENTITY}/{PROJECT}", str(tmp_path / "api"))
+        assert code == 0, output
+    finally:
+        server.stop()
+    ident = (f"{ENTITY}/{PROJECT}", PROTO_ID)
+    tables = [read_plain_export(tmp_path / name)[ident] for name in ("offline", "api")]
+
+    def monitoring(table: pa.Table) -> dict:
+        out: dict = {}
+        for r in table.to_pylist():
+            if r["attribute_path"].startswith("monitoring/"):
+                out.setdefault(r["attribute_path"], []).append(
+                    (r["attribute_type"], str(r["step"]), r["timestamp"], r["float_value"]))
+        return {k: sorted(v) for k, v in out.items()}
+
+    offline, api = (monitoring(t) for t in tables)
+    assert set(offline) == set(STATS_PATHS)
+    assert offline == api
+    assert [v for *_, v in api["monitoring/network.recv"]] == [float(items["network"]["recv"]) for _, items in STATS]
+
+
 def test_runs_trackport_wrote_read_back_through_the_api(tmp_path, monkeypatch):
     """Corpus -> W&B sink (offline, real SDK) -> on our server as `wandb sync` would put it ->
     `wandb://`: decoded through the run's manifest under its origin's ids, row for row what the
@@ -341,3 +380,26 @@ def test_runs_trackport_wrote_read_back_through_the_api(tmp_path, monkeypatch):
     assert set(api) == set(offline) and len(api) == 13
     for ident, table in offline.items():
         assert canonical_rows(api[ident]) == canonical_rows(table), ident
+
+
+def test_a_run_that_grew_is_exported_again_once_and_an_unchanged_one_is_skipped(wandb_server, tmp_path):
+    """run_version from the run query (state, heartbeat, history line count, summary): a run
+    that logged more steps on the server since the first export is exported again with every
+    point once; a run that did not change is skipped."""
+    out = tmp_path / "export"
+    code, report, output = run_cli("export", "wandb://entity/proj-a", str(out))
+    assert code == 0 and report["totals"]["moved"] == 2, output
+    (long,) = [r for r in wandb_server.entities["entity"]["proj-a"] if r.id == "longrun1"]
+    for step in range(2500, 2510):                   # the training went on
+        long.history.append({"_step": step, "_timestamp": T0 + step * 0.5, "_runtime": step * 0.5,
+                             "train/loss": 1.0 / (step + 1)})
+    long.heartbeat_at = "2026-01-02T05:00:00"
+    code, report, output = run_cli("export", "wandb://entity/proj-a", str(out))
+    assert code == 0, output
+    runs = runs_by_id(report)
+    assert runs["longrun1"]["status"] == "repaired" and runs["longrun1"]["details"]["source_changed"] is True
+    assert runs["media002"]["status"] == "skipped", output
+    loss = _series(read_plain_export(out)[("entity/proj-a", "longrun1")], "train/loss")
+    assert [int(r["step"]) for r in loss] == list(range(2510))                 # each point once
+    code, report, output = run_cli("export", "wandb://entity/proj-a", str(out))
+    assert code == 0 and report["totals"]["skipped"] == 2, output

@@ -198,3 +198,37 @@ def test_a_killed_online_load_is_refused_not_duplicated(wandb_server, tmp_path, 
     assert "left incomplete by an earlier copy" in failed["error"] and "delete that run" in failed["error"]
     assert victim.history_lines_received == received and victim.history == rows
     assert wandb_server.api_key not in output
+
+
+def test_a_grown_run_with_new_points_below_its_last_step_is_refused_untouched(wandb_server, tmp_path):
+    """W&B cannot take a step at or below a run's last one: a source run that grew with points
+    there (a series catching up) fails with the fix, and the W&B run keeps what it had and its
+    old mark (nothing logged)."""
+    import shutil
+
+    from trackport.testing.corpus import CorpusRun, rows_table
+
+    def run(b_steps):
+        rows = [{"path": "sys/name", "type": "string", "value": "grower"}]
+        rows += [{"path": "a", "type": "float_series", "value": float(s), "step": s,
+                  "timestamp": 1_700_000_000_000 + s} for s in range(5)]
+        rows += [{"path": "b", "type": "float_series", "value": -float(s), "step": s,
+                  "timestamp": 1_700_000_000_000 + s} for s in range(b_steps)]
+        return CorpusRun("grow/proj", "GROW-1", rows_table("grow/proj", "GROW-1", rows))
+
+    src = tmp_path / "src"
+    write_exporter_export(src, [run(2)])
+    args = ["--wandb-dir", str(tmp_path / "wd")]
+    code, report, output = run_cli("copy", str(src), DEST, *args)
+    assert code == 0, output
+    (stored,) = [r for r in wandb_server.entities["entity"]["corpus"]
+                 if mp.origin_from_config(r.config) == ("grow/proj", "GROW-1")]
+    history, mark = list(stored.history), dict(stored.config[mp.TRACKPORT_KEY])
+    assert mark["last_step"] == 4 and mark["points"] == 7
+    shutil.rmtree(src)
+    write_exporter_export(src, [run(5)])                   # b grew at steps 2..4, below step 4
+    code, report, output = run_cli("copy", str(src), DEST, *args)
+    assert code != 0
+    (failed,) = report["runs"]
+    assert failed["status"] == "failed" and "at or below step 4" in failed["error"], failed
+    assert stored.history == history and stored.config[mp.TRACKPORT_KEY] == mark

@@ -89,17 +89,132 @@ def _child(root: Path) -> None:
     print(json.dumps({"ok": True}))
 
 
+# -- one run id in several folders (a resumed run, a run a sweep agent started twice) -----------
+RESUMED_ID = "resume01"
+STUB_ID = "stub0001"
+# (config, [(step, {key: value}, timestamp seconds)], summary, exit code) of each folder, in time order
+RESUMED_FOLDERS = [
+    ({"lr": 0.1, "epochs": 3}, [(0, {"loss": 3.0}, BASE_S), (1, {"loss": 2.0}, BASE_S + 1),
+                                (2, {"loss": 1.5}, BASE_S + 2)], {"best": 1.5}, 1),
+    # resumed from a checkpoint of step 2: logs step 2 again, then goes on
+    ({"lr": 0.05}, [(2, {"loss": 99.0}, BASE_S + 50), (3, {"loss": 1.0, "acc": 0.5}, BASE_S + 51),
+                    (4, {"loss": 0.5}, BASE_S + 52)], {"best": 0.5}, 0),
+]
+STUB_FOLDERS = [
+    ({"a": 1, "only_first": "x"}, [], {}, 0),        # started, then stopped by the agent: no history
+    ({"a": 2}, [(0, {"m": 1.0}, BASE_S + 10), (1, {"m": 2.0}, BASE_S + 11)], {"m": 2.0}, 0),
+]
+
+
+def make_resumed_runs(root: Path) -> None:
+    """Write RESUMED_ID and STUB_ID, each as two offline folders of one run id (real SDK)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PLUTO_"))}
+    env["WANDB_SILENT"] = "true"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent / "src"),
+                                                      env.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, __file__, str(root), "resumed"], check=True, env=env, timeout=120,
+                   capture_output=True)
+
+
+def _child_resumed(root: Path) -> None:
+    from trackport.connectors.wandb.client import import_wandb
+
+    wandb = import_wandb()
+    for run_id, folders in ((RESUMED_ID, RESUMED_FOLDERS), (STUB_ID, STUB_FOLDERS)):
+        for n, (config, history, summary, exit_code) in enumerate(folders):
+            if n:
+                time.sleep(1.1)       # the folder name holds the start time, to the second
+            run = wandb.init(project=PROJECT, entity=ENTITY, id=run_id, dir=str(root), config=config,
+                             resume="allow",
+                             settings=wandb.Settings(mode="offline", x_disable_meta=True, save_code=False,
+                                                     x_disable_stats=True, console="off", silent=True))
+            for step, values, ts in history:
+                run.log({**values, "_timestamp": ts}, step=step)
+            for key, value in summary.items():
+                run.summary[key] = value
+            run.finish(exit_code=exit_code)
+
+
+# -- logs of older SDKs, written record by record with wandb's own protobuf classes -----------
+PROTO_ID = "oldsdk01"
+# stats items as the SDKs wrote them: wandb 0.10-0.12 (`network` a dict, gpu keys flat) and
+# wandb 0.21 (a key that itself starts with `system.`)
+STATS = [
+    (BASE_S + 2.0, {"cpu": 12.5, "memory": 40.0, "network": {"sent": 1000, "recv": 2000},
+                    "gpu.0.gpu": 55.0, "system.powerWatts": 3.5}),
+    (BASE_S + 4.0, {"cpu": 13.5, "memory": 41.0, "network": {"sent": 1500, "recv": 2600},
+                    "gpu.0.gpu": 56.0, "system.powerWatts": 3.75}),
+]
+# the W&B (API) names of those metrics and their canonical paths
+STATS_PATHS = {"monitoring/cpu": "cpu", "monitoring/memory": "memory",
+               "monitoring/network.sent": ("network", "sent"), "monitoring/network.recv": ("network", "recv"),
+               "monitoring/gpu.0.gpu": "gpu.0.gpu", "monitoring/system.powerWatts": "system.powerWatts"}
+PROTO_HISTORY = [(0, {"loss": 1.0}, BASE_S + 1.0), (1, {"loss": 0.5}, BASE_S + 3.0)]
+
+
+def write_proto_run(root: Path, run_id: str = PROTO_ID, stats=STATS, history=PROTO_HISTORY,
+                    stepless: list[dict] = ()) -> Path:
+    """An offline run folder under root/wandb whose `.wandb` log holds a run record, history
+    rows (each with `_step`, as every SDK writes them), `stats` records and an exit record,
+    made with `wandb.proto.wandb_internal_pb2` and written in the `.wandb` format
+    (datastore.write_log).  `stepless`: history rows written with neither `_step` nor a step."""
+    from trackport.connectors.wandb.client import internal_pb2
+    from trackport.connectors.wandb.datastore import write_log
+
+    pb = internal_pb2()
+    payloads = []
+
+    def record(**kind):
+        rec = pb.Record(**kind)
+        payloads.append(rec.SerializeToString())
+
+    run = pb.RunRecord(run_id=run_id, entity=ENTITY, project=PROJECT)
+    run.start_time.FromMilliseconds(int(BASE_S * 1000))
+    record(run=run)
+
+    def history_record(values: dict, step: int | None, ts: float) -> None:
+        hist = pb.HistoryRecord()
+        items = dict(values, _timestamp=ts)
+        if step is not None:
+            items["_step"] = step
+        for key, value in items.items():
+            hist.item.add(key=key, value_json=json.dumps(value))
+        record(history=hist)
+
+    rows = [(step, values, ts) for step, values, ts in history]
+    for step, values, ts in rows[:1]:
+        history_record(values, step, ts)
+    for values in stepless:
+        history_record(values, None, BASE_S + 1.5)
+    for step, values, ts in rows[1:]:
+        history_record(values, step, ts)
+    for ts, items in stats:
+        stat = pb.StatsRecord(stats_type=pb.StatsRecord.StatsType.SYSTEM)
+        stat.timestamp.FromNanoseconds(int(round(ts * 1e9)))
+        for key, value in items.items():
+            stat.item.add(key=key, value_json=json.dumps(value))
+        record(stats=stat)
+    record(exit=pb.RunExitRecord(exit_code=0, runtime=5))
+    run_dir = root / "wandb" / f"offline-run-20240501_000000-{run_id}"
+    run_dir.mkdir(parents=True)
+    write_log(run_dir / f"run-{run_id}.wandb", payloads)
+    return run_dir
+
+
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    if sys.argv[2:] == ["resumed"]:
+        _child_resumed(Path(sys.argv[1]))
+    else:
+        _child(Path(sys.argv[1]))
 
 
 def conformance_target(tmp_path: Path):
-    """The `wandb-offline` entry of tests/test_conformance.py: corpus -> W&B sink offline -> `wandb:`.
+    """The conformance target of tests/test_wandb.py: corpus -> W&B sink offline -> `wandb:`.
 
     Nothing is transformed for the corpus (every change the sink may make is undone by the
     manifest it writes), so `expect` stays the input.
     """
-    from support import Target
+    from trackport.testing.conformance import Target
 
     dest = tmp_path / "wandb-dest"
     return Target("wandb://trackport/corpus", ["--wandb-mode", "offline", "--wandb-dir", str(dest)],

@@ -200,7 +200,9 @@ class WandbServer:
         }
         if full:
             wrapped = {k: {"value": val, "desc": None} for k, val in run.config.items()}
-            wrapped["_wandb"] = {"value": {"cli_version": "0.31.0", "python_version": "3.11.7"}, "desc": None}
+            # config `_wandb` as the SDK sent it (its metric definitions `m`, ...)
+            wrapped["_wandb"] = {"value": {"cli_version": "0.31.0", "python_version": "3.11.7",
+                                           **(run.wandb_config or {})}, "desc": None}
             node.update({
                 "config": json.dumps(wrapped),
                 "summaryMetrics": json.dumps(run.summary),
@@ -703,9 +705,19 @@ def fake_run_from_offline(run_dir) -> tuple[str, str, FakeRun]:
         elif kind == "exit":
             info["state"] = "finished" if record.exit.exit_code == 0 else "failed"
         elif kind == "stats":
+            # W&B's sender names each item `system.<key>` and flattens a nested value with '.'
+            # (wandb 0.10-0.12 `network: {sent, recv}` -> `system.network.sent`)
             row = {"_timestamp": record.stats.timestamp.seconds + record.stats.timestamp.nanos / 1e9}
+
+            def put(name: str, value) -> None:
+                if isinstance(value, dict) and value:
+                    for sub, subvalue in value.items():
+                        put(f"{name}.{sub}", subvalue)
+                else:
+                    row[name] = value
+
             for item in record.stats.item:
-                row[f"system.{item.key}"] = json.loads(item.value_json)
+                put(f"system.{item.key}", json.loads(item.value_json))
             events.append(row)
     files = {}
     files_dir = run_dir / "files"

@@ -12,14 +12,7 @@ from pathlib import Path
 
 import click
 
-from .core.registry import connector_options
-
-DEFAULT_DESTINATION_HELP = "mlflow:sqlite:///<cwd>/mlflow.db"
-
-
-def default_destination() -> str:
-    return f"mlflow:sqlite:///{Path.cwd() / 'mlflow.db'}"
-
+from .core.registry import connector_options, specs
 
 def shared_options(fn):
     options = [
@@ -44,7 +37,12 @@ def shared_options(fn):
         click.option("--retry-max-attempts", type=click.IntRange(1), default=8, show_default=True,
                      help="Attempts per request (and per run) on rate limits, 5xx and dropped connections."),
         click.option("--retry-max-seconds", type=click.FloatRange(0), default=600.0, show_default=True,
-                     help="Stop retrying a request (and fail its run) this many seconds after its first failure."),
+                     help="Stop retrying a request (and fail its run) this many seconds after its first failure; "
+                          "a destination failing that long without one success fails each new run at once."),
+        click.option("--request-timeout", type=click.FloatRange(0.1), default=None,
+                     help="Seconds to wait for a server's answer to one request (default: the tracker's own "
+                          "setting when set, e.g. MLFLOW_HTTP_REQUEST_TIMEOUT, else 60); connecting waits at "
+                          "most 10 s."),
     ]
     options.extend(_connector_option(spec) for spec in connector_options())
     for option in reversed(options):
@@ -69,6 +67,47 @@ def _fail_usage(message: str) -> None:
     sys.exit(2)
 
 
+INTERRUPT_GRACE_S = 2.0
+_interrupted = False
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now.  Runs still open in worker threads (or a request still waiting on a socket)
+    are left as a crash would leave them (resumable); a normal exit would wait for them."""
+    import os
+
+    try:
+        click.echo("trackport: interrupted; rerun the same command to resume", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Ctrl-C: unwind the main thread (KeyboardInterrupt), and whatever it is waiting for
+    (an abort's last requests, a sink's pool), exit 130 within INTERRUPT_GRACE_S anyway.
+    A second Ctrl-C exits at once."""
+    global _interrupted
+    import threading
+
+    if _interrupted:
+        _exit_interrupted()
+    _interrupted = True
+    timer = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
+def _install_interrupt_handler() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)
+
+
 def handles_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -79,14 +118,7 @@ def handles_errors(fn):
         except UsageError as exc:
             _fail_usage(str(exc))
         except KeyboardInterrupt:
-            import os
-
-            click.echo("trackport: interrupted; rerun the same command to resume", err=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # Runs still open in worker threads are left as a crash would leave them (resumable);
-            # a normal exit would wait for them to finish.
-            os._exit(130)
+            _exit_interrupted()
         except Exception as exc:  # a bug or an SDK surprise outside any run: one scrubbed line, exit 1
             import logging
 
@@ -99,118 +131,106 @@ def handles_errors(fn):
     return wrapper
 
 
-class Context:
-    """Everything the shared options configure."""
+def _check_report_path(path: Path) -> None:
+    """The --report file can be written (checked before any work; written at the end)."""
+    from .core.connector import probe_write
+    from .core.errors import UsageError
 
-    def __init__(self, command: str, kw: dict):
-        from .core.logs import setup_logging
-        from .core.model import Selection
-        from .core.errors import UsageError
-        from .core.schema import CLASSES
-        import re
-
-        from .core import retry
-
-        from .core.scratch import use_process_scratch
-
-        self.command = command
-        self.kw = kw
-        use_process_scratch()
-        setup_logging(kw.get("log_file"))
-        retry.configure(kw["retry_max_attempts"], kw["retry_max_seconds"])  # connectors' request retries
-        classes = frozenset(c.strip() for c in kw["classes"].split(",") if c.strip())
-        unknown = classes - set(CLASSES)
-        if unknown or not classes:
-            raise UsageError(f"unknown --classes {', '.join(sorted(unknown)) or '(empty)'}; choose from {', '.join(CLASSES)}")
-        try:
-            run_re = re.compile(kw["run_pattern"]) if kw.get("run_pattern") else None
-            attr_re = re.compile(kw["attribute_pattern"]) if kw.get("attribute_pattern") else None
-        except re.error as exc:
-            raise UsageError(f"bad regex: {exc}") from None
-        self.select = Selection(tuple(kw.get("projects") or ()), run_re, attr_re, classes)
-        self.connector_options = {
-            "workers": kw["workers"],
-            "allow_drops": kw["allow_drops"],
-            **{spec.name: kw.get(spec.name) for spec in connector_options()},
-        }
-
-    def progress(self):
-        from .core.progress import make_progress
-
-        return make_progress(enabled=not self.kw["no_progress"] and not self.kw["as_json"])
-
-    def pipeline_options(self):
-        from .core.pipeline import PipelineOptions
-
-        return PipelineOptions(
-            select=self.select,
-            workers=self.kw["workers"],
-            step_multiplier=self.kw.get("step_multiplier"),
-            allow_drops=self.kw["allow_drops"],
-            max_attempts=self.kw["retry_max_attempts"],
-            retry_budget_s=self.kw["retry_max_seconds"],
-            connector_options=self.connector_options,
-        )
-
-    def finish(self, report) -> None:
-        from .core.render import render_report
-
-        if self.kw.get("report_path"):
-            self.kw["report_path"].write_text(report.dumps())
-        if self.kw["as_json"]:
-            click.echo(report.dumps())
-        else:
-            render_report(report)
-        sys.exit(report.exit_code)
-
-
-def _move(command: str, src: str, dst: str, kw: dict) -> None:
-    from .core.ledger import Ledger
-    from .core.pipeline import Pipeline
-    from .core.registry import open_sink, open_source, redact
-    from .core.report import CommandReport
-
-    ctx = Context(command, kw)
-    source = open_source(src, ctx.connector_options)
-    sink = open_sink(dst, ctx.connector_options)
-    report = CommandReport(command, redact(source.uri), redact(sink.uri), allow_drops=kw["allow_drops"])
-    ledger = Ledger(kw["state_dir"] / "ledger.sqlite")
+    if path.is_dir():
+        raise UsageError(f"--report {path} is a folder; fix: give a file name, e.g. --report {path / 'report.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"--report {path}: folder {parent} does not exist; fix: create it or "
+                         f"give another path")
     try:
-        Pipeline(source, sink, ctx.pipeline_options(), report, ctx.progress(), ledger).run()
-        _note_incomplete_sources(source, report)
-    finally:
-        ledger.close()
-        source.close()
-    ctx.finish(report)
+        if path.exists():
+            with open(path, "a"):
+                pass
+        else:
+            probe_write(parent)
+    except OSError as exc:
+        raise UsageError(f"--report {path} cannot be written ({exc.strerror or type(exc).__name__}); "
+                         f"fix: give a path you can write to") from None
 
 
-def _open_read_only(command: str, src: str, dst: str | None, kw: dict):
-    """Context, source, sink that must write nothing (plan, verify), and an empty report."""
-    from .core.registry import open_sink, open_source, redact
-    from .core.report import CommandReport
+def _prepare(kw: dict) -> dict:
+    """What only the command line does before a command (its scratch folder, the --report
+    check, logging), then the Python API's arguments from the shared options."""
+    from .core.errors import UsageError
+    from .core.logs import setup_logging
+    from .core.progress import make_progress
+    from .core.scratch import use_process_scratch
 
-    ctx = Context(command, kw)
-    source = open_source(src, ctx.connector_options)
-    sink = open_sink(dst or default_destination(), {**ctx.connector_options, "read_only": True})
-    report = CommandReport(command, redact(source.uri), redact(sink.uri), allow_drops=kw["allow_drops"])
-    return ctx, source, sink, report
+    try:
+        use_process_scratch()
+    except OSError as exc:
+        import tempfile
+
+        raise UsageError(f"cannot make a working folder in {tempfile.gettempdir()} "
+                         f"({exc.strerror or exc}); fix: point TMPDIR at a writable folder") from None
+    if kw.get("report_path") is not None:
+        _check_report_path(kw["report_path"])
+    setup_logging(kw.get("log_file"))
+    args = {
+        "projects": tuple(kw.get("projects") or ()),
+        "run": kw.get("run_pattern"),
+        "attribute": kw.get("attribute_pattern"),
+        "classes": kw["classes"],
+        "workers": kw["workers"],
+        "step_multiplier": kw.get("step_multiplier"),
+        "allow_drops": kw["allow_drops"],
+        "retry_max_attempts": kw["retry_max_attempts"],
+        "retry_max_seconds": kw["retry_max_seconds"],
+        "request_timeout": kw.get("request_timeout"),
+        "progress": make_progress(enabled=not kw["no_progress"], as_json=kw["as_json"]),
+        # connectors' own options: click already read their environment variables
+        **{spec.name: kw.get(spec.name) for spec in connector_options() if kw.get(spec.name) is not None},
+    }
+    return args
 
 
-def _note_incomplete_sources(source, report) -> None:
-    skipped = getattr(source, "skipped_incomplete", None)
-    if skipped:
-        report.notes.append(f"{len(skipped)} run(s) incomplete in the source export were not moved: "
-                            + ", ".join(skipped[:5]))
+def _finish(report, kw: dict) -> None:
+    from .core.render import render_report
+
+    if kw.get("report_path"):
+        kw["report_path"].write_text(report.dumps())
+    if kw["as_json"]:
+        click.echo(report.dumps())
+    else:
+        render_report(report)
+    sys.exit(report.exit_code)
+
+
+def _run(command: str, kw: dict, *args, **own) -> None:
+    """`trackport.<command>(*args, ...)` with the shared options (and the command's `own`);
+    print its report, exit with its code."""
+    from . import api
+
+    call = _prepare(kw)
+    if command in ("copy", "export", "load"):
+        call.update(state_dir=kw["state_dir"], raise_on_failure=False)
+    call.update({k: v for k, v in own.items() if v is not None})
+    _finish(getattr(api, command)(*args, **call), kw)
+
+
+def with_uris(fn):
+    """Append the installed connectors' URI forms (their specs' summaries) to a command's help."""
+    lines = []
+    for spec in specs():
+        way = "source, destination" if spec.source and spec.destination else (
+            "source" if spec.source else "destination")
+        lines.append(f"  {spec.summary} [{way}]")
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n\n\b\nURIs (`trackport connectors` for more):\n" + "\n".join(lines)
+    return fn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="trackport")
+@with_uris
 def cli():
     """Move ML experiment history between trackers, losslessly.
 
-    URIs: parquet:DIR (or a bare directory), mlflow:sqlite:///ABS.db,
-    mlflow:./mlruns, mlflow+http://HOST:PORT.  Credentials come from each
-    tracker's own environment variables, never from URIs.
+    Credentials come from each tracker's own environment variables, never from URIs.
     """
 
 
@@ -219,9 +239,10 @@ def cli():
 @click.argument("dst", required=False)
 @shared_options
 @handles_errors
+@with_uris
 def copy(src, dst, **kw):
     """Stream runs from SRC to DST (default: a local MLflow store, mlflow:sqlite:///<cwd>/mlflow.db)."""
-    _move("copy", src, dst or default_destination(), kw)
+    _run("copy", kw, src, dst)
 
 
 @cli.command()
@@ -231,7 +252,7 @@ def copy(src, dst, **kw):
 @handles_errors
 def export(src, directory, **kw):
     """Export runs from SRC into a parquet export at DIRECTORY."""
-    _move("export", src, f"parquet:{directory}", kw)
+    _run("export", kw, src, directory)
 
 
 @cli.command()
@@ -241,8 +262,7 @@ def export(src, directory, **kw):
 @handles_errors
 def load(directory, dst, **kw):
     """Load a parquet export at DIRECTORY into DST (default: local MLflow store)."""
-    src = directory if directory.startswith("parquet:") else f"parquet:{directory}"
-    _move("load", src, dst or default_destination(), kw)
+    _run("load", kw, directory, dst)
 
 
 @cli.command()
@@ -250,19 +270,10 @@ def load(directory, dst, **kw):
 @click.argument("dst", required=False)
 @shared_options
 @handles_errors
+@with_uris
 def plan(src, dst, **kw):
     """Show what copy would do: runs, points, files, bytes, and every transformation or drop. Writes nothing."""
-    from .core.pipeline import Pipeline
-
-    ctx, source, sink, report = _open_read_only("plan", src, dst, kw)
-    report.extra["destination_capabilities"] = sink.capabilities.describe()
-    try:
-        Pipeline(source, sink, ctx.pipeline_options(), report, ctx.progress()).run(plan_only=True)
-        _note_incomplete_sources(source, report)
-    finally:
-        source.close()
-        sink.close()
-    ctx.finish(report)
+    _run("plan", kw, src, dst)
 
 
 @cli.command()
@@ -270,17 +281,109 @@ def plan(src, dst, **kw):
 @click.argument("dst", required=False)
 @shared_options
 @handles_errors
-def verify(src, dst, **kw):
+@with_uris
+@click.option("--html", "html", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the visual report (as `trackport report`) to this HTML file.")
+def verify(src, dst, html, **kw):
     """Compare every run of SRC with its copy in DST; exit 1 on any undeclared difference."""
-    from .core.verify import verify as run_verify
+    _run("verify", kw, src, dst, html=html)
 
-    ctx, source, sink, report = _open_read_only("verify", src, dst, kw)
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", required=False)
+@click.option("--html", "html", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The HTML file to write: self-contained, it opens without a network.")
+@click.option("--copy-report", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The JSON a `trackport copy ... --report FILE` wrote: its moved/repaired/failed counts, "
+                   "transformations and drops go into the summary.")
+@shared_options
+@handles_errors
+@with_uris
+def report(src, dst, html, copy_report, **kw):
+    """Verify SRC against DST and draw it into one HTML file: every run's float series, source over
+    destination (min..max band and mean per step bin), values side by side, files by digest."""
+    _run("report", kw, src, dst, html=html, copy_report=copy_report)
+
+
+def _seconds(text: str) -> float:
+    """`--every`: seconds, or a number with s, m or h (90, 90s, 5m, 1h)."""
+    import re
+
+    from .core.errors import UsageError
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text or "")
+    if not found:
+        raise UsageError(f"--every {text!r} is not a duration; give seconds or a number with s, m or h (60s, 5m, 1h)")
+    return float(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[found.group(2)]
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", required=False)
+@click.option("--every", default="60s", show_default=True, help="Time from the start of one round to the next (90, 90s, 5m, 1h).")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Stop after this many rounds (default: run until Ctrl-C).")
+@shared_options
+@handles_errors
+@with_uris
+def sync(src, dst, every, rounds, **kw):
+    """Keep DST up to date with SRC while training goes on: a copy every --every, each adding only
+    what is new (new runs, and runs that grew since the last round, refreshed in place).
+
+    One line per round (a JSON object per round with --json).  A round that cannot reach DST is
+    reported and the next one tries again.  Ctrl-C between rounds stops at once (exit: the last
+    round's code); during a round it stops that round before its next batch (exit 130; the next
+    sync or copy resumes it).  A second Ctrl-C exits at once."""
+    import json
+    import signal
+    import threading
+
+    from . import api
+    from .core.errors import Cancelled
+    from .core.logs import printable
+
+    period = _seconds(every)
+    call = _prepare(kw)
+    call.update(state_dir=kw["state_dir"])
+    stop = threading.Event()
+    call["cancel"] = stop
+
+    def on_interrupt(signum, frame):
+        if stop.is_set():
+            _exit_interrupted()
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_interrupt)
+
+    def on_round(number, report, error):
+        if kw["as_json"]:
+            line = {"round": number, "error": error,
+                    "totals": report.totals.to_json() if report is not None else None,
+                    "exit_code": 1 if error else report.exit_code}
+            click.echo(json.dumps(line, default=str))
+            return
+        if error:
+            click.echo(f"round {number}: could not run: {printable(error)}", err=True)
+            return
+        totals = report.totals
+        statuses = ", ".join(f"{n} {k}" for k, n in sorted(totals.statuses.items())) or "no runs"
+        click.echo(f"round {number}: {statuses}; {totals.points:,} points", err=True)
+        for run in report.runs:
+            if run.error:
+                click.echo(f"  {printable(run.project_id)}/{printable(run.run_id)}: {printable(run.error)}", err=True)
+
     try:
-        run_verify(source, sink, ctx.select, report, workers=kw["workers"], progress=ctx.progress())
-    finally:
-        source.close()
-        sink.close()
-    ctx.finish(report)
+        done = api.sync(src, dst, every=period, rounds=rounds, on_round=on_round, **call)
+    except Cancelled:
+        _exit_interrupted()
+    if kw.get("report_path"):
+        kw["report_path"].write_text(json.dumps(done.to_json(), indent=2, default=str))
+    if not kw["as_json"]:
+        statuses = ", ".join(f"{n} {k}" for k, n in sorted(done.statuses.items())) or "no runs"
+        click.echo(f"sync: {done.rounds} round(s), {done.failed_rounds} could not run; {statuses}; "
+                   f"{done.points:,} points", err=True)
+    sys.exit(done.exit_code)
 
 
 @cli.command()
@@ -288,26 +391,52 @@ def verify(src, dst, **kw):
 @click.option("--project", "projects", multiple=True, help="Only this project (repeatable).")
 @click.option("--run", "run_pattern", help="Only runs whose id matches this regex.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--check", is_flag=True, help="Also compare each run's parts with the checksum in its run "
+              "manifest (reads every part once more). Row counts, part lists and part numbers are always checked.")
 @click.option("--no-progress", is_flag=True, hidden=True, help="Accepted for symmetry; inspect draws no bars.")
 @handles_errors
-def inspect(directory, projects, run_pattern, as_json, no_progress):
+def inspect(directory, projects, run_pattern, as_json, check, no_progress):
     """Summarise a parquet export: projects, runs, attribute types, steps, rows, bytes on disk."""
     import json
-    import re
 
-    from .connectors.parquet.source import ParquetSource
-    from .core.inspect import inspect_export
-    from .core.model import Selection
-    from .core.render import render_inspect
+    from .api import inspect as run_inspect
 
-    source = ParquetSource(Path(directory).expanduser().resolve(), {})
-    summary = inspect_export(source, Selection(tuple(projects), re.compile(run_pattern) if run_pattern else None))
+    found = run_inspect(directory, projects=projects, run=run_pattern, check=check)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps(found.to_json(), indent=2, default=str))
     else:
-        render_inspect(summary)
-    unreadable = any(p["unreadable"] for p in summary["projects"])
-    sys.exit(1 if unreadable else 0)
+        found.render()
+    sys.exit(found.exit_code)
+
+
+@cli.command("connectors")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def connectors_command(as_json):
+    """List every installed connector: schemes, directions, extra, options, capabilities."""
+    import json
+
+    from .core.registry import describe, problems
+
+    listed = [describe(spec) for spec in specs()]
+    trouble = problems()
+    if as_json:
+        click.echo(json.dumps({"connectors": listed, "problems": trouble}, indent=2, default=str))
+        sys.exit(0)
+    for item in listed:
+        ways = "/".join(w for w, on in (("source", item["source"]), ("destination", item["destination"])) if on)
+        state = "installed" if item["installed"] else f"NOT installed: {item['install']}"
+        click.echo(f"{item['name']}  [{', '.join(item['schemes'])}]  {ways}  ({state})")
+        click.echo(f"  {item['summary']}")
+        for option in item["options"]:
+            env = f" [env: {', '.join(option['envvar'])}]" if option["envvar"] else ""
+            click.echo(f"  {option['flag']}{env}: {option['help']}")
+        for scheme, caps in item["capabilities"].items():
+            made = ", ".join(sorted(caps.get("transformations", {}))) or "none"
+            click.echo(f"  {scheme} destination transformations: {made}")
+        click.echo("")
+    for line in trouble:
+        click.echo(f"problem: {line}", err=True)
+    sys.exit(0)
 
 
 def _bounded_arrow_memory() -> None:
@@ -323,6 +452,7 @@ def _bounded_arrow_memory() -> None:
 
 def main() -> None:
     _bounded_arrow_memory()
+    _install_interrupt_handler()
     cli(prog_name="trackport")
 
 

@@ -1,1 +1,4 @@
-"""Connectors, one folder per scheme; see core/registry.py."""
+"""Connectors, one package per tracker: `<name>/__init__.py` declares `SPEC` (SDK-free) and
+defines `open_source` / `open_sink`.  core/registry.py finds every package here without a list;
+docs/connectors.md says how to write one.
+"""

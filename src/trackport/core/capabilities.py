@@ -23,6 +23,9 @@ class Capabilities:
     forks: bool = True
     resumable: bool = True               # a partially written run can be finished
     replayable: bool = False             # read_run may be called again cheaply (no spool needed)
+    # series type -> the drop kind its sink counts for a point without a value (it cannot hold
+    # one); the pipeline predicts these from the scan, before anything is written
+    null_point_drops: dict[str, str] = field(default_factory=dict)
     # kind -> what it means, for every transformation this connector may apply
     transformations: dict[str, str] = field(default_factory=dict)
 
@@ -39,6 +42,8 @@ class Capabilities:
             lines.append(f"key characters: {self.key_rule}")
         if self.max_param_length:
             lines.append(f"param values: at most {self.max_param_length} characters")
+        for typ, kind in sorted(self.null_point_drops.items()):
+            lines.append(f"{typ} points without a value: NOT kept (drop {kind})")
         for kind, text in sorted(self.transformations.items()):
             lines.append(f"transformation {kind}: {text}")
         return lines

@@ -3,11 +3,14 @@
 - TransientError: retry with backoff (rate limits, dropped connections).
 - RunError: terminal for one run: report it, go on with the next run.
 - UsageError: the command itself is wrong (exit code 2).
+- RunsFailedError: raised by the Python API when a command's report has exit code 1.
+- Cancelled: the Python API's caller cancelled the command.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 
 class TrackportError(Exception):
@@ -20,6 +23,31 @@ class UsageError(TrackportError):
 
 class MissingExtraError(UsageError):
     """A connector's SDK is not installed."""
+
+
+class RunsFailedError(TrackportError):
+    """A command ran, but not everything requested moved (or verified): a run failed, data was
+    dropped without `allow_drops`, or a filter selected nothing.  `report` holds what happened,
+    run by run (`CommandReport`), the partial work included."""
+
+    def __init__(self, report):
+        self.report = report
+        failed = [r for r in report.runs if r.error]
+        first = f"; first: {failed[0].error}" if failed else ""
+        notes = f"; {report.unmatched[0]}" if not failed and report.unmatched else ""
+        super().__init__(f"trackport {report.command}: exit code {report.exit_code} "
+                         f"({len(failed)} run(s) with errors{first}{notes})")
+
+
+class Cancelled(BaseException):
+    """The caller cancelled the command (`cancel.set()` from another thread).  Like Ctrl-C, it
+    is not an ordinary error (a BaseException, as asyncio.CancelledError): runs already written
+    stay, the run being written stays incomplete in the destination, and the same command run
+    again resumes it.  `report` holds what happened until then."""
+
+    def __init__(self, report=None):
+        super().__init__("cancelled")
+        self.report = report
 
 
 class TransientError(TrackportError):
@@ -36,6 +64,9 @@ class TransientError(TrackportError):
         self.retry_after = retry_after
         self.throttled = retry_after is not None if throttled is None else throttled
         self.exhausted = False
+        # The request cannot succeed as it is, but the whole run can (what the run was written
+        # into changed under it): request-level loops pass it on, the pipeline retries the run.
+        self.run_level = False
 
 
 class RunError(TrackportError):
@@ -51,6 +82,18 @@ class RunError(TrackportError):
         super().__init__(f"{where}: {message}" if where else message)
         self.reason = message
 
+
+
+class RunScoped:
+    """Mixin for a class working on one run (a run writer, a run reader): it sets
+    `self.err_run` to that run (anything with `project_id` and `run_id`: a RunRef, an
+    Origin), and `self._err(message, file)` is the RunError naming the run and the file.
+    The message says what went wrong and the fix."""
+
+    err_run: Any
+
+    def _err(self, message: str, file: str | None = None) -> RunError:
+        return RunError(message, project_id=self.err_run.project_id, run_id=self.err_run.run_id, file=file)
 
 @contextlib.contextmanager
 def translated(classify, *context):

@@ -1,13 +1,9 @@
-"""On-disk layout of an export (neptune-exporter's, kept for interoperability).
+"""Files on disk, for every connector that keeps runs in folders: names safe on any file
+system (`safe`), JSON written atomically, and paths that must stay inside a root (symlinks
+resolved) and must not be pipes or devices.
 
-    <root>/data/<safe(project)>/<safe(run)>_part_<n>.parquet
-    <root>/files/<safe(project)>/<file_value.path>
-    <root>/trackport.json                              export manifest
-    <root>/data/<safe(project)>/<safe(run)>.run.json   run manifest, written LAST
-
-A reader of the old layout ignores the json files.  A run is complete when its
-manifest exists; in an export without an export manifest (neptune-exporter's),
-when its part_0 exists.
+The layout of a parquet export (data/, files/, manifests) is the parquet connector's
+(connectors/parquet/layout.py).
 """
 
 from __future__ import annotations
@@ -16,14 +12,11 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
-EXPORT_MANIFEST = "trackport.json"
-RUN_MANIFEST_SUFFIX = ".run.json"
-PART_RE = re.compile(r"^(?P<stem>.+)_part_(?P<n>\d+)\.parquet$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -32,40 +25,9 @@ def _digest(text: str) -> str:
 
 
 def safe(text: str) -> str:
-    """Every character outside [A-Za-z0-9_-] becomes `_`, then `-<blake2b-8 hex>`."""
+    """Every character outside [A-Za-z0-9_-] becomes `_`, then `-<blake2b-8 hex>` of the
+    original: distinct texts stay distinct, whatever the file system folds."""
     return _UNSAFE.sub("_", text) + "-" + _digest(text)
-
-
-def safe_variants(text: str) -> list[str]:
-    """`safe(text)` plus the form older neptune-exporter releases wrote
-    (they kept every Unicode letter and digit, via str.isalnum)."""
-    ours = safe(text)
-    theirs = "".join(c if c.isalnum() or c in "_-" else "_" for c in text) + "-" + _digest(text)
-    return [ours] if theirs == ours else [ours, theirs]
-
-
-def data_dir(root: Path) -> Path:
-    return root / "data"
-
-
-def files_dir(root: Path) -> Path:
-    return root / "files"
-
-
-def project_data_dir(root: Path, project_id: str) -> Path:
-    return data_dir(root) / safe(project_id)
-
-
-def project_files_dir(root: Path, project_id: str) -> Path:
-    return files_dir(root) / safe(project_id)
-
-
-def part_path(root: Path, project_id: str, run_id: str, n: int) -> Path:
-    return project_data_dir(root, project_id) / f"{safe(run_id)}_part_{n}.parquet"
-
-
-def run_manifest_path(root: Path, project_id: str, run_id: str) -> Path:
-    return project_data_dir(root, project_id) / f"{safe(run_id)}{RUN_MANIFEST_SUFFIX}"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -91,16 +53,81 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def resolve_inside(root: Path, relative: str) -> Path:
-    """`root/relative`, refusing anything that leaves `root` (`..`, absolute paths, symlinks out)."""
+def is_inside(path: Path, real_top: Path) -> bool:
+    """`path`, every symlink resolved, is `real_top` (itself resolved) or lies below it."""
+    real = path.resolve()
+    return real == real_top or real_top in real.parents
+
+
+def escape_below(top: Path, path: Path) -> str | None:
+    """The first component of `path` below `top` that leads outside `top` once resolved
+    (`top`-relative, e.g. `files/proj-1a2b`), or None when every one stays inside.
+    Checked component by component: a project folder that is a symlink to /etc must not
+    make /etc/passwd look "inside" its own (resolved) folder."""
+    real_top = top.resolve()
+    try:
+        below = path.relative_to(top).parts
+    except ValueError:
+        return path.as_posix()
+    step = top
+    for name in below:
+        step = step / name
+        if not is_inside(step, real_top):
+            return step.relative_to(top).as_posix()
+    return None
+
+
+def resolve_inside(root: Path, relative: str, top: Path | None = None) -> Path:
+    """`root/relative`, refusing anything that leaves `root` (`..`, absolute paths, symlinks out),
+    and, when `top` (a folder above `root`, the export root) is given, any component from `top`
+    down -- `root` itself included -- that leads outside `top` once resolved."""
     if not relative or relative.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", relative):
         raise ValueError(f"file path {relative!r} is absolute or empty")
     parts = Path(relative).parts
     if ".." in parts:
         raise ValueError(f"file path {relative!r} escapes the files root")
     candidate = root / relative
-    real_root = root.resolve()
-    real = candidate.resolve()
-    if real != real_root and real_root not in real.parents:
+    if top is not None:
+        escaped = escape_below(top, root)
+        if escaped is not None:
+            raise ValueError(f"folder {escaped} of the export leads outside the export root (a symlink to "
+                             f"{(top / escaped).resolve()}); nothing is read through it")
+    if not is_inside(candidate, root.resolve()):
         raise ValueError(f"file path {relative!r} leads outside the files root (through a symlink)")
+    if top is not None:
+        escaped = escape_below(top, candidate)
+        if escaped is not None:
+            raise ValueError(f"file path {relative!r} leads outside the export root (through a symlink "
+                             f"at {escaped})")
     return candidate
+
+
+_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def special_file(path: Path) -> str | None:
+    """Why reading `path` (a file, or a folder of files) could hang or read a device: it, or
+    an entry below it, is a named pipe, socket or device (symlinks followed).  None: only
+    regular files and folders.  Checked before a byte is read: opening a named pipe
+    for reading blocks until some process writes to it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None                     # missing: the caller's own check names it
+    if stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISDIR(mode):
+        return f"is {_kind(mode)}, not a regular file"
+    for entry in sorted(path.rglob("*")):
+        try:
+            mode = entry.stat().st_mode
+        except OSError as exc:
+            return f"holds {entry.relative_to(path).as_posix()!r}, which cannot be read ({exc.strerror})"
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"holds {entry.relative_to(path).as_posix()!r}, {_kind(mode)}, not a regular file"
+    return None

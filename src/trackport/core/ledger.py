@@ -7,12 +7,15 @@ causes a duplicate or a skipped partial run.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from .report import RunReport
+
+log = logging.getLogger("trackport")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -30,11 +33,23 @@ class Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Processes sharing one --state-dir wait for each other's short writes (SQLite's busy
+        # timeout) rather than failing at once with "database is locked".
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+        self._db.execute("PRAGMA busy_timeout=60000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
 
     def record(self, source: str, destination: str, run: RunReport, attempts: int) -> None:
+        """Best effort: the ledger is a history, the destination is the truth, so a ledger that
+        cannot be written (locked past the timeout, disk full) costs a warning, never the run."""
+        try:
+            self._record(source, destination, run, attempts)
+        except sqlite3.Error as exc:
+            log.warning("run %s/%s: the local ledger %s could not be updated (%s); the destination "
+                        "still records the run", run.project_id, run.run_id, self.path, exc)
+
+    def _record(self, source: str, destination: str, run: RunReport, attempts: int) -> None:
         with self._lock:
             self._db.execute(
                 """INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
@@ -46,17 +61,6 @@ class Ledger:
                 (source, destination, run.project_id, run.run_id, run.status, run.dest_id,
                  run.rows, run.points, run.files, attempts, run.error, time.time()),
             )
-
-    def get(self, source: str, destination: str, project_id: str, run_id: str) -> dict | None:
-        with self._lock:
-            cur = self._db.execute(
-                "SELECT * FROM runs WHERE source=? AND destination=? AND project_id=? AND run_id=?",
-                (source, destination, project_id, run_id),
-            )
-            row = cur.fetchone()
-            if row is None:
-                return None
-            return dict(zip([d[0] for d in cur.description], row))
 
     def close(self) -> None:
         with self._lock:

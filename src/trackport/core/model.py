@@ -39,6 +39,8 @@ class DestRun:
     url: str | None = None
     locator: Any = None
     version: str | None = None   # the source's `run_version` recorded with the completion mark
+    duplicates: tuple[str, ...] = ()   # other destination runs loaded from the same origin
+    damage: str | None = None    # why a run marked complete is not (its parts differ from its mark)
 
 
 @dataclass

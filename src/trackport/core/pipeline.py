@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
+from itertools import islice
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,14 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import layout
 from . import steps as stepmath
-from .connector import RunPlan, RunScan, SeriesStats, Sink, Source
-from .errors import RunError, UsageError
+from .claims import OriginClaims
+from .connector import RunPlan, RunScan, SeriesStats, Sink, Source, find_loaded
+from .errors import Cancelled, RunError, TransientError, UsageError
+from .options import Options
+from .progress import Progress
 from .ledger import Ledger
 from .retry import Backoff
 from .model import DestRun, RunRef, Selection
-from .report import FAILED, MOVED, PLANNED, REPAIRED, SKIPPED, CommandReport, RunReport
-from .schema import DEST_STEP, FILE_TYPES, SCHEMA, STEPPED_TYPES
+from .report import CANCELLED, FAILED, MOVED, PLANNED, REPAIRED, SKIPPED, CommandReport, RunReport
+from .schema import DEST_STEP, FILE_TYPES, SCHEMA, STEPPED_TYPES, series_rows
 
 log = logging.getLogger("trackport")
 
@@ -42,17 +49,10 @@ class PipelineOptions:
     max_attempts: int = 5
     retry_budget_s: float = 600.0
     work_dir: Path | None = None
-    connector_options: dict[str, Any] = field(default_factory=dict)
-
-
-class Progress:
-    """What the pipeline tells the outside world; the CLI draws it."""
-
-    def start(self, total_runs: int) -> None: ...
-    def run_started(self, name: str) -> None: ...
-    def points(self, n: int) -> None: ...
-    def run_done(self, name: str, status: str) -> None: ...
-    def finish(self) -> None: ...
+    connector_options: Options = field(default_factory=Options)
+    # Set from another thread to stop: no new run starts, runs being written stop at their
+    # next batch (left incomplete, resumable) and `run` raises Cancelled.
+    cancel: threading.Event | None = None
 
 
 # -- reading a run, once or twice ---------------------------------------------
@@ -110,11 +110,11 @@ def scan_run(tables: Iterator[pa.Table]) -> RunScan:
         counts = pc.value_counts(types)
         for item in counts.to_pylist():
             scan.rows_by_type[item["values"]] += item["counts"]
-        step = table.column("step")
-        single = table.filter(pc.is_null(step))
+        points = series_rows(table)
+        single = table.filter(pc.invert(points))
         if single.num_rows:
             _scan_single_values(scan, single)
-        stepped = table.filter(pc.is_valid(step))
+        stepped = table.filter(points)
         if stepped.num_rows:
             _scan_series(scan, stepped)
         ts = table.column("timestamp")
@@ -140,9 +140,13 @@ def _scan_single_values(scan: RunScan, single: pa.Table) -> None:
             scan.values[path] = (typ, value)
 
 
+_VALUE_OF_SERIES = (("float_series", "float_value"), ("string_series", "string_value"),
+                    ("histogram_series", "histogram_value"))
+
+
 def _scan_series(scan: RunScan, stepped: pa.Table) -> None:
     stats = stepped.group_by(["attribute_path", "attribute_type"]).aggregate(
-        [("step", "count"), ("step", "min"), ("step", "max")]
+        [("step", "count", pc.CountOptions(mode="all")), ("step", "min"), ("step", "max")]
     )
     for path, typ, n, lo, hi in zip(*(stats.column(i).to_pylist() for i in range(5))):
         entry = scan.series.get(path)
@@ -150,8 +154,14 @@ def _scan_series(scan: RunScan, stepped: pa.Table) -> None:
             scan.series[path] = SeriesStats(typ, n, lo, hi)
         else:
             entry.count += n
-            entry.min_step = min(entry.min_step, lo)
-            entry.max_step = max(entry.max_step, hi)
+            entry.min_step = lo if entry.min_step is None else entry.min_step if lo is None else min(entry.min_step, lo)
+            entry.max_step = hi if entry.max_step is None else entry.max_step if hi is None else max(entry.max_step, hi)
+    types = stepped.column("attribute_type")
+    for typ, column in _VALUE_OF_SERIES:
+        missing = pc.fill_null(pc.and_(pc.equal(types, typ), pc.is_null(stepped.column(column))), False)
+        if pc.any(missing).as_py():
+            for item in pc.value_counts(stepped.filter(missing).column("attribute_path")).to_pylist():
+                scan.null_points[(item["values"], typ)] += item["counts"]
     places = stepmath.decimal_places(stepmath.unscaled(stepped.column("step")))
     scan.step_places = max(scan.step_places, places)
     file_rows = stepped.filter(pc.is_valid(stepped.column("file_value")))
@@ -227,9 +237,13 @@ class Pipeline:
         self.progress = progress or Progress()
         self.ledger = ledger
         self.backoff = Backoff(options.retry_budget_s, options.max_attempts)
+        self._attributes = AttributeMatches()
         self._own_work_dir = options.work_dir is None
         self.work_dir = Path(tempfile.mkdtemp(prefix="trackport-")) if options.work_dir is None else options.work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # Two processes moving one run into one destination take turns (core/claims.py).
+        self.claims = OriginClaims(sink.claim_dir() if sink is not None else None)
+        self.started = time.time()
 
     def list_runs(self) -> list[RunRef]:
         """The source's runs; a second run claiming an identity already listed is reported, not raced."""
@@ -249,30 +263,29 @@ class Pipeline:
 
     def run(self, plan_only: bool = False) -> CommandReport:
         try:
+            if self.sink is not None:
+                self.sink.preflight(read_only=plan_only)   # once, before any run: UsageError, exit 2
             runs = self.list_runs()
+            check_selection(self.opts.select, runs, self.report, self.source)
             self.progress.start(len(runs))
             work = self.plan_run if plan_only else self.move_run
-            if self.opts.workers <= 1 or len(runs) <= 1:
-                for ref in runs:
-                    work(ref)
-            else:
-                pool = ThreadPoolExecutor(max_workers=self.opts.workers, thread_name_prefix="run")
-                try:
-                    list(pool.map(work, runs))
-                except BaseException:   # Ctrl-C: start no queued run, do not wait for the open ones
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                pool.shutdown()
+            in_parallel(work, runs, self.opts.workers)
             if self.sink is not None and not plan_only:
                 self.sink.close()
+            self._attributes.check(self.opts.select, self.report)
         finally:
             self.progress.finish()
             if self._own_work_dir:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         return self.report
 
+    def _check_cancel(self) -> None:
+        if self.opts.cancel is not None and self.opts.cancel.is_set():
+            raise Cancelled(self.report)
+
     # A run, planned --------------------------------------------------------------
     def plan_run(self, ref: RunRef) -> RunReport:
+        self._check_cancel()
         run_report = self.report.add(RunReport(ref.project_id, ref.run_id, status=PLANNED))
         name = self.source.describe_run(ref)
         self.progress.run_started(name)
@@ -280,7 +293,8 @@ class Pipeline:
         try:
             origin = self.source.origin(ref)
             version = self.source.run_version(ref)
-            existing = self.backoff.call(f"{name}: find", lambda: self.sink.find_run(origin)) if self.sink else None
+            existing = self.backoff.call(f"{name}: find", lambda: find_loaded(self.sink, self.source, ref, origin)) \
+                if self.sink else None
             if _up_to_date(existing, version, run_report):
                 run_report.status = SKIPPED
                 run_report.dest_id = existing.id
@@ -288,9 +302,12 @@ class Pipeline:
             data = RunData(self.source, ref, self.opts.select, self.work_dir)
             scan = scan_run(data.tables())
             self._count(run_report, scan, data)
+            self._attributes.saw(scan)
             self.source.account(ref, run_report)
             plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
                            options=self.opts.connector_options, source_version=version)
+            if self.sink is None or self.sink.capabilities.files:
+                run_report.files, run_report.bytes = count_files(plan.files, scan.files)
             if self.sink is not None:
                 plan.steps = self._steps(scan, data, ref, run_report)
                 run_report.details["action"] = "repair" if existing else "create"
@@ -300,7 +317,10 @@ class Pipeline:
                 if implied:
                     run_report.details["destination"] = implied
                 self._declared_drops(plan)
-            self._check_files(plan, dry=True)
+            bad = self._check_files(plan, dry=True)
+            if bad:   # --allow-drops: those files will not be sent
+                run_report.files, run_report.bytes = count_files(
+                    plan.files, [f for f in scan.files if f[3] not in bad])
         except RunError as exc:
             run_report.status = FAILED
             run_report.error = str(exc)
@@ -312,6 +332,7 @@ class Pipeline:
 
     # A run, moved -------------------------------------------------------------------
     def move_run(self, ref: RunRef) -> RunReport:
+        self._check_cancel()
         run_report = self.report.add(RunReport(ref.project_id, ref.run_id))
         name = self.source.describe_run(ref)
         self.progress.run_started(name)
@@ -321,11 +342,20 @@ class Pipeline:
         def attempt() -> None:
             nonlocal attempts
             attempts += 1
+            if attempts > 1:   # what the sink cached of this origin may be what failed: ask again
+                self.sink.forget(origin)
             self._move_once(ref, origin, run_report, name, committing)
 
         try:
             origin = self.source.origin(ref)
-            self.backoff.call("moving it", attempt, ref)  # a transient error retries the whole run, resumed
+            with self.claims.hold(origin, f"run {name}", self.started) as written_meanwhile:
+                if written_meanwhile:   # by another process: what the sink cached may be stale
+                    self.backoff.call(f"{name}: find", lambda: self.sink.forget(origin), ref)
+                self.backoff.call("moving it", attempt, ref)  # a transient error retries the whole run, resumed
+        except Cancelled:
+            run_report.status = CANCELLED
+            run_report.error = f"run {name}: cancelled; left incomplete in the destination, the same command resumes it"
+            raise
         except RunError as exc:
             run_report.status = FAILED
             run_report.error = str(exc) if exc.run_id else f"run {name}: {exc}"
@@ -348,7 +378,17 @@ class Pipeline:
                    committing: dict[str, bool]) -> None:
         sink = self.sink
         version = self.source.run_version(ref)
-        existing: DestRun | None = self.backoff.call(f"{name}: find", lambda: sink.find_run(origin))
+        existing: DestRun | None = self.backoff.call(f"{name}: find",
+                                                     lambda: find_loaded(sink, self.source, ref, origin))
+        if existing is not None and existing.duplicates:
+            if not existing.complete:
+                # None complete: other processes may still be settling who writes this run (the
+                # loser deletes its own within moments, docs/reliability.md): ask again (bounded
+                # by --retry-max-attempts / --retry-max-seconds) before calling it a duplicate.
+                settling = TransientError(duplicates_message(existing))
+                settling.run_level = True
+                raise settling
+            raise RunError(duplicates_message(existing), project_id=ref.project_id, run_id=ref.run_id)
         if existing is not None and existing.complete and committing:
             # The previous attempt's commit landed and only its answer was lost: that attempt
             # moved the run, and its counts stand.
@@ -365,18 +405,28 @@ class Pipeline:
         try:
             scan = scan_run(data.tables())
             self._count(run_report, scan, data)
+            self._attributes.saw(scan)
             self.source.account(ref, run_report)
             plan = RunPlan(ref, origin, scan, self.source.files(ref), run_report,
                            options=self.opts.connector_options, source_version=version)
             plan.steps = self._steps(scan, data, ref, run_report)
-            self._declared_drops(plan)
+            counted_by_sink = self._declared_drops(plan)
             bad_files = self._check_files(plan, dry=False)
+            self._refuse_drops(plan, "nothing of this run was written")
+            for kind in counted_by_sink:   # allowed: the sink counts them as it meets them
+                del run_report.drops[kind]
+                run_report.examples.pop(kind, None)
             writer = sink.begin_run(plan, existing)
             for table in data.tables():
+                self._check_cancel()
                 table = self._prepare(table, plan, bad_files)
                 if table.num_rows:
                     writer.write(table)
                     self.progress.points(table.num_rows)
+            self._check_cancel()   # written but not committed: the same command repairs it
+            # A drop the sink met only while writing: the run stays incomplete (not committed),
+            # so a rerun fails again until --allow-drops.
+            self._refuse_drops(plan, "the run was left incomplete in the destination")
             committing["resumed"] = existing is not None
             dest = writer.commit()
             writer = None
@@ -414,9 +464,29 @@ class Pipeline:
             run_report.transformed("step_scaled", scan.points, f"steps x{converter.multiplier}")
         return converter
 
-    def _declared_drops(self, plan: RunPlan) -> None:
+    def _refuse_drops(self, plan: RunPlan, what: str) -> None:
+        report = plan.report
+        if self.opts.allow_drops or not report.drops:
+            return
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.drops.items()))
+        examples = [e for k in sorted(report.drops) for e in report.examples.get(k, [])][:3]
+        raise RunError(
+            f"some of this run's data cannot be moved ({kinds}"
+            f"{'; e.g. ' + ', '.join(examples) if examples else ''}); {what}. "
+            f"Fix: pass --allow-drops to move the run without it (`plan` lists what is dropped)",
+            project_id=plan.ref.project_id, run_id=plan.ref.run_id)
+
+    def _declared_drops(self, plan: RunPlan) -> set[str]:
+        """Count the drops the destination's capabilities predict; returns the kinds its
+        writer counts again when it meets them."""
         caps = self.sink.capabilities
         counts = plan.scan.rows_by_type
+        counted_by_sink: set[str] = set()
+        for (path, typ), n in sorted(plan.scan.null_points.items()):
+            kind = caps.null_point_drops.get(typ)
+            if kind:
+                plan.report.dropped(kind, n, path)
+                counted_by_sink.add(kind)
         if not caps.histograms and counts.get("histogram_series"):
             plan.report.dropped("histogram_unsupported", counts["histogram_series"])
         if not caps.files:
@@ -427,6 +497,7 @@ class Pipeline:
             n = sum(counts.get(t, 0) for t in STEPPED_TYPES)
             if n:
                 plan.report.dropped("timestamps_not_kept", n)
+        return counted_by_sink
 
     def _check_files(self, plan: RunPlan, dry: bool) -> set[str]:
         """Every referenced file must exist inside the files root, before anything is written."""
@@ -439,9 +510,16 @@ class Pipeline:
                 if local is not None and not local.exists():
                     raise RunError("file missing", project_id=plan.ref.project_id,
                                    run_id=plan.ref.run_id, file=path)
+                special = layout.special_file(local) if local is not None else None
+                if special:   # a named pipe would hang the sink reading it
+                    raise RunError(f"file path {path!r} {special}; nothing is read from it",
+                                   project_id=plan.ref.project_id, run_id=plan.ref.run_id, file=path)
             except RunError as exc:
                 if not self.opts.allow_drops:
                     fix = ("restore the file" if "missing" in exc.reason else
+                           "put the regular file in its place" if "not a regular file" in exc.reason else
+                           "copy the files into the export instead of linking to them"
+                           if "outside the export root" in exc.reason else
                            "make the path relative and inside the export's files folder")
                     raise RunError(
                         f"{exc.reason} (attribute {attr}); nothing of this run was written. "
@@ -461,6 +539,91 @@ class Pipeline:
             dest, _ = plan.steps.convert(table.column("step"))
             table = table.append_column(pa.field(DEST_STEP, pa.int64()), dest)
         return table
+
+
+def in_parallel(work, items: list, workers: int) -> None:
+    """`work(item)` for each item, `workers` at a time.  Ctrl-C (KeyboardInterrupt): start no
+    queued item and do not wait for the open ones (the CLI exits within seconds).  Cancelled:
+    start no queued item and wait for the open ones, which stop at their next check."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            work(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
+    try:
+        list(pool.map(work, items))
+    except Cancelled:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def duplicates_message(existing: DestRun) -> str:
+    """What `copy` and `verify` say about an origin loaded into more than one destination run."""
+    ids = ", ".join([existing.id, *existing.duplicates])
+    return (f"the destination holds {1 + len(existing.duplicates)} runs loaded from this run ({ids}); "
+            f"trackport does not pick one silently. Fix: delete all but one of them in the destination "
+            f"(trackport would keep {existing.id}, {'complete' if existing.complete else 'partial'}), "
+            f"then rerun")
+
+
+def count_files(files, scanned: list[tuple[str, str, Any, str]]) -> tuple[int, int]:
+    """(files, bytes) a destination receives for a run's referenced files: each path once, a
+    directory counting its files (FileAccess.measure; the count sinks and verify use)."""
+    n = size = 0
+    for path in sorted({f[3] for f in scanned if f[3] is not None}):
+        try:
+            got = files.measure(path)
+        except (OSError, ValueError, RunError):
+            continue   # missing or outside the root: _check_files reports it
+        n += got[0]
+        size += got[1]
+    return n, size
+
+
+def check_selection(select: Selection, runs: list[RunRef], report: CommandReport, source: Source) -> None:
+    """A --project or --run the user gave that selects no run: a note, and exit 1."""
+    projects = {ref.project_id for ref in runs}
+    for project in select.projects:
+        # A source may match --project on another name than the runs' project ids (MLflow: the
+        # experiment holding runs trackport wrote, whose project id is their origin's): ask it.
+        if project not in projects and not any(True for _ in islice(
+                source.list_runs(replace(select, projects=(project,))), 1)):
+            report.selected_nothing(f"--project {project} selects no run of the source; "
+                                    f"check the name (exact project id)")
+    if not runs and select.run_pattern is not None:
+        report.selected_nothing(f"--run {select.run_pattern.pattern} selects no run"
+                                f"{' of the selected projects' if select.projects else ''}")
+    for message in report.unmatched:
+        log.warning("%s", message)
+
+
+class AttributeMatches:
+    """Whether --attribute kept anything but sys/* in any run that was read."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.matched = 0
+        self._lock = threading.Lock()
+
+    def saw(self, scan: RunScan) -> None:
+        self.saw_paths([*scan.values, *scan.series, *(f[0] for f in scan.files)])
+
+    def saw_paths(self, paths) -> None:
+        hit = any(not p.startswith("sys/") for p in paths)
+        with self._lock:
+            self.read += 1
+            self.matched += hit
+
+    def check(self, select: Selection, report: CommandReport) -> None:
+        if select.attribute_pattern is not None and self.read and not self.matched:
+            message = (f"--attribute {select.attribute_pattern.pattern} matches no attribute of the "
+                       f"{self.read} run(s) read (only sys/* was kept)")
+            report.selected_nothing(message)
+            log.warning("%s", message)
 
 
 def _up_to_date(existing: DestRun | None, version: str | None, run_report: RunReport) -> bool:

@@ -1,16 +1,23 @@
-"""Scheme -> connector, imported lazily (fsspec-style).
+"""Scheme -> connector, found at run time (fsspec-style); core knows no scheme.
 
-Adding a tracker is one line here plus its folder under `connectors/`.
+Each built-in connector is a package `trackport/connectors/<name>/` whose SDK-free
+`__init__` declares `SPEC = ConnectorSpec(...)`; third-party packages add theirs through
+the entry-point group `trackport.connectors` (docs/connectors.md).  Discovery imports only
+those `__init__` modules; a connector imports its SDK inside `open_source` / `open_sink`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
+import pkgutil
 import re
-from dataclasses import dataclass
-from typing import Any
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import MissingExtraError, UsageError
@@ -20,9 +27,10 @@ from .errors import MissingExtraError, UsageError
 class ConnectorOption:
     """A command-line option that belongs to one connector.
 
-    The CLI adds it to every moving command; its value reaches the connector
-    as `options[name]` (the flag without dashes, `-` -> `_`).  `envvar`
-    lets a tracker's existing settings carry over.
+    The CLI adds it to every moving command, the Python API takes it as a keyword argument;
+    its value, checked against `kind` and `choices`, reaches the connector as
+    `options.get(name)` (core/options.py; the name is the flag without dashes, `-` -> `_`).
+    `envvar` lets a tracker's existing settings carry over.
     """
 
     flag: str
@@ -38,105 +46,206 @@ class ConnectorOption:
 
 @dataclass(frozen=True)
 class ConnectorSpec:
-    scheme: str
-    module: str
-    extra: str | None          # pip extra that installs its SDK
-    requires: tuple[str, ...]  # importable names the extra provides
+    """What a connector declares about itself, in its SDK-free package `__init__` as `SPEC`.
+
+    `schemes`: the URI schemes it serves (`mlflow` serves `mlflow:` and `mlflow+http://`).
+    `source` / `destination`: the directions it supports (it then defines `open_source` /
+    `open_sink` in the same module).  `extra`: the pip extra that installs its SDK, and
+    `requires`: the importable names that extra provides (checked before opening).
+    `summary`: one line of URI forms, shown by `trackport --help` and `trackport connectors`.
+    `options`: its command-line options.  `capabilities`: scheme -> `"module:ATTR"` naming the
+    destination's `Capabilities`, loaded only by `trackport connectors` (the sink's own
+    `capabilities` are what the pipeline uses).  `bare_paths`: a URI without a scheme is an
+    existing path of this connector (parquet exports).  `sdk_versions`: distribution -> the
+    PEP 440 range of it that is tested (">=3.17.2,<3.18"), for each SDK whose private API the
+    connector uses; checked when the connector opens (`check_sdk_version`), and its extra pins
+    the same range.  `inspect`: the module also defines
+    `inspect(parsed, options, select) -> Inspection` (core/connector.py), what `trackport
+    inspect LOCATION` shows.  `module` is filled in by discovery: the module that defines the
+    spec and the `open_*` functions.
+    """
+
+    schemes: tuple[str, ...]
     summary: str
+    source: bool = True
+    destination: bool = True
+    extra: str | None = None
+    requires: tuple[str, ...] = ()
     options: tuple[ConnectorOption, ...] = ()
-    aliases: tuple[str, ...] = ()   # more schemes served by the same module
+    capabilities: Mapping[str, str] = field(default_factory=dict)
+    bare_paths: bool = False
+    sdk_versions: Mapping[str, str] = field(default_factory=dict)
+    inspect: bool = False
+    module: str = ""
+    distribution: str | None = None    # the installed distribution providing a third-party connector
+
+    @property
+    def scheme(self) -> str:
+        return self.schemes[0]
+
+    def missing(self) -> list[str]:
+        """Importable names this connector needs that are not installed."""
+        return [name for name in self.requires if not _importable(name)]
+
+    def install_hint(self) -> str | None:
+        if not self.extra:
+            return None
+        if self.distribution:
+            return f"pip install '{self.distribution}'"
+        return f"pip install 'trackport[{self.extra}]'"
 
 
-_SPECS = (
-    ConnectorSpec("parquet", "trackport.connectors.parquet", None, (),
-                  "parquet:DIR (or a bare directory): a canonical / neptune-exporter export",
-                  options=(ConnectorOption("--part-size", "Parquet part size in bytes (default 50 MB).", "int"),)),
-    ConnectorSpec("mlflow", "trackport.connectors.mlflow", "mlflow", ("mlflow",),
-                  "mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT",
-                  options=(ConnectorOption("--mlflow-experiment",
-                                           "MLflow experiment name template (default '{project}')."),
-                           ConnectorOption("--mlflow-bulk", "MLflow database destination (sqlite:///, "
-                                           "postgresql://, mysql://): write metric points straight into "
-                                           "MLflow's tables in large transactions (checked schema "
-                                           "revisions only).", "flag"),)),
-    ConnectorSpec("wandb", "trackport.connectors.wandb", "wandb", ("wandb",),
-                  "wandb://ENTITY[/PROJECT] (W&B API, WANDB_BASE_URL), wandb:PATH (offline run files)",
-                  options=(ConnectorOption("--wandb-mode", "W&B destination mode: online (default) or offline "
-                                           "(run files for `wandb sync`).", choices=("online", "offline")),
-                           ConnectorOption("--wandb-dir", "Where W&B offline runs are written "
-                                           "(DIR/wandb/offline-run-*; default $WANDB_DIR, else the "
-                                           "current directory).", envvar=("WANDB_DIR",)))),
-    ConnectorSpec("neptune", "trackport.connectors.neptune", "neptune", ("neptune",),
-                  "neptune:PATH (offline .neptune data), neptune2://WORKSPACE/PROJECT, neptune3://WORKSPACE/PROJECT",
-                  aliases=("neptune2", "neptune3"),
-                  options=(ConnectorOption("--neptune-mode", "Neptune destination mode: async (default, needs "
-                                           "NEPTUNE_API_TOKEN) or offline (data for `neptune sync`).",
-                                           choices=("async", "offline")),
-                           ConnectorOption("--neptune-data-dir", "Neptune destination data directory (absolute; "
-                                           "default ./.neptune).", envvar=("NEPTUNE_DATA_DIRECTORY",)),
-                           ConnectorOption("--neptune-project", "Project id given to neptune: offline 2.x runs, "
-                                           "which record none (default 'offline')."),
-                           ConnectorOption("--neptune-keep-all", "W&B -> Neptune: keep what the original script "
-                                           "leaves out ('_' keys, artifact/, media/, config.yaml, wandb-*).",
-                                           "flag"),
-                           ConnectorOption("--neptune-project-include", "neptune2://WORKSPACE, neptune3://WORKSPACE: "
-                                           "only projects whose name matches one of these comma-separated regexes."),
-                           ConnectorOption("--neptune-project-exclude", "neptune2://WORKSPACE, neptune3://WORKSPACE: "
-                                           "skip projects whose name matches one of these comma-separated regexes."),
-                           ConnectorOption("--neptune-nql", "Neptune API sources: NQL query selecting the runs "
-                                           "(passed to the server as it is)."),
-                           ConnectorOption("--neptune-archived", "Neptune API sources: also read archived "
-                                           "(trashed) runs.", "flag"),
-                           ConnectorOption("--neptune-metric-previews", "neptune3:// source: also read metric "
-                                           "preview points (left out by default, as neptune-exporter does).",
-                                           "flag"))),
-    ConnectorSpec("pluto", "trackport.connectors.pluto", "pluto", ("pluto",),
-                  "pluto://PROJECT (or pluto:// for the source project); PLUTO_API_KEY",
-                  options=(
-                      ConnectorOption("--pluto-host", "Self-hosted Pluto: a host (SDK ports 3000/3001/3003/3004) "
-                                      "or one base URL serving every endpoint (default: PLUTO_URL_* or the cloud)."),
-                      ConnectorOption("--pluto-batch-rows", "Pluto: source rows handled at once, and series/log lines per ingest request (default 10000).",
-                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_BATCH_ROWS",)),
-                      ConnectorOption("--pluto-flush-every", "Pluto: metric points per ingest request (default 1000).",
-                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_FLUSH_EVERY",)),
-                      ConnectorOption("--pluto-file-chunk-size", "Pluto: files per upload chunk (default 100).",
-                                      "int", envvar=("NEPTUNE_EXPORTER_PLUTO_FILE_CHUNK_SIZE",)),
-                      ConnectorOption("--pluto-file-chunk-sleep", "Pluto: seconds to pause between file chunks "
-                                      "(default 0).", "float", envvar=("NEPTUNE_EXPORTER_PLUTO_FILE_CHUNK_SLEEP",)),
-                      ConnectorOption("--pluto-max-files-per-run", "Pluto: cap on files per run, 0 = none (default); "
-                                      "files over the cap are reported as dropped.", "count",
-                                      envvar=("NEPTUNE_EXPORTER_PLUTO_MAX_FILES_PER_RUN",)),
-                      ConnectorOption("--pluto-log-every", "Pluto: keep 1 metric point in N (default 1 = every "
-                                      "point); the others are reported as dropped.", "int",
-                                      envvar=("NEPTUNE_EXPORTER_PLUTO_LOG_EVERY",)),
-                  )),
-    ConnectorSpec("tensorboard", "trackport.connectors.tensorboard", "tensorboard", ("tensorboard",),
-                  "tensorboard:LOGDIR (event files)",
-                  options=(ConnectorOption("--tensorboard-run-depth",
-                                           "TensorBoard source: runs are the directories this many levels below "
-                                           "LOGDIR; deeper event directories become attribute prefixes "
-                                           "(default: every directory holding event files is a run).", "int"),
-                           ConnectorOption("--tensorboard-subdirs-as-prefixes",
-                                           "TensorBoard source: event directories below a run directory "
-                                           "(train/, validation/) stay in that run as attribute prefixes.",
-                                           "flag"),
-                           ConnectorOption("--tensorboard-project",
-                                           "TensorBoard source: project id of its runs (default: LOGDIR's "
-                                           "name)."))),
-)
+ENTRY_POINT_GROUP = "trackport.connectors"
+_BUILTIN_PACKAGE = "trackport.connectors"
+_lock = threading.Lock()
+_discovered: list[ConnectorSpec] | None = None
+_problems: list[str] = []
 
-CONNECTORS: dict[str, ConnectorSpec] = {
-    scheme: spec for spec in _SPECS for scheme in (spec.scheme, *spec.aliases)
-}
+
+def _spec_of(loaded: Any, where: str, distribution: str | None = None) -> ConnectorSpec | None:
+    """The spec a connector module declares as SPEC (or an entry point's spec object itself)."""
+    if isinstance(loaded, ConnectorSpec):
+        spec, name = loaded, loaded.module
+    else:
+        spec, name = getattr(loaded, "SPEC", None), getattr(loaded, "__name__", "")
+    if not isinstance(spec, ConnectorSpec) or not spec.schemes:
+        _problems.append(f"{where}: declares no ConnectorSpec named SPEC")
+        return None
+    if not name:
+        _problems.append(f"{where}: its ConnectorSpec names no module")
+        return None
+    return dataclasses.replace(spec, module=spec.module or name, distribution=spec.distribution or distribution)
+
+
+def _builtins() -> list[ConnectorSpec]:
+    package = importlib.import_module(_BUILTIN_PACKAGE)
+    specs = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if not info.ispkg or info.name.startswith("_"):
+            continue
+        name = f"{_BUILTIN_PACKAGE}.{info.name}"
+        spec = _spec_of(importlib.import_module(name), name)
+        if spec is not None:
+            specs.append(spec)
+    return specs
+
+
+def _third_party() -> list[ConnectorSpec]:
+    from importlib.metadata import entry_points
+
+    try:
+        found = entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # pragma: no cover - Python < 3.10 spelling
+        found = entry_points().get(ENTRY_POINT_GROUP, [])
+    specs = []
+    for ep in sorted(found, key=lambda e: e.name):
+        if ep.value.split(":")[0].startswith(_BUILTIN_PACKAGE + "."):
+            continue   # a built-in declared as an entry point too: found above
+        distribution = getattr(getattr(ep, "dist", None), "name", None)
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plug-in never takes trackport down
+            _problems.append(f"entry point {ep.name} = {ep.value}: {type(exc).__name__}: {exc}")
+            continue
+        spec = _spec_of(loaded, f"entry point {ep.name} = {ep.value}", distribution)
+        if spec is not None:
+            specs.append(spec)
+    return specs
+
+
+def specs() -> list[ConnectorSpec]:
+    """Every installed connector: the built-in packages, then the `trackport.connectors`
+    entry points; a scheme already taken is left to its first owner (and noted in problems())."""
+    global _discovered
+    with _lock:
+        if _discovered is None:
+            found, taken = [], set()
+            for spec in [*_builtins(), *_third_party()]:
+                clash = taken.intersection(spec.schemes)
+                if clash:
+                    _problems.append(f"{spec.module}: scheme(s) {', '.join(sorted(clash))} already taken")
+                    continue
+                taken.update(spec.schemes)
+                found.append(spec)
+            _discovered = found
+        return list(_discovered)
+
+
+def problems() -> list[str]:
+    """Connectors that could not be loaded, and why."""
+    specs()
+    return list(_problems)
+
+
+def reset() -> None:
+    """Forget what was discovered (tests that install a connector while running)."""
+    global _discovered
+    with _lock:
+        _discovered = None
+        _problems.clear()
+
+
+def connectors() -> dict[str, ConnectorSpec]:
+    """scheme -> spec, for every scheme of every installed connector."""
+    return {scheme: spec for spec in specs() for scheme in spec.schemes}
 
 
 def connector_options() -> list[ConnectorOption]:
-    """Every connector's own options, each once, in registry order."""
+    """Every connector's own options, each once, in discovery order."""
     seen: dict[str, ConnectorOption] = {}
-    for spec in _SPECS:
+    for spec in specs():
         for option in spec.options:
             seen.setdefault(option.name, option)
     return list(seen.values())
+
+
+def load_capabilities(spec: ConnectorSpec) -> dict[str, Any]:
+    """scheme -> the destination's declared `Capabilities` (or the error loading them)."""
+    out: dict[str, Any] = {}
+    for scheme, ref in spec.capabilities.items():
+        module_name, _, attr = ref.partition(":")
+        try:
+            value: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                value = getattr(value, part)
+        except Exception as exc:
+            value = exc
+        out[scheme] = value
+    return out
+
+
+def describe(spec: ConnectorSpec) -> dict[str, Any]:
+    """What `trackport connectors --json` says about one connector."""
+    from .capabilities import Capabilities
+
+    missing = spec.missing()
+    capabilities = {}
+    for scheme, caps in load_capabilities(spec).items():
+        if isinstance(caps, Capabilities):
+            capabilities[scheme] = {**{f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)
+                                       if f.name != "transformations"},
+                                    "transformations": dict(caps.transformations)}
+        else:
+            capabilities[scheme] = {"error": f"{type(caps).__name__}: {caps}"}
+    return {
+        "name": spec.module.rsplit(".", 1)[-1],
+        "module": spec.module,
+        "distribution": spec.distribution,
+        "schemes": list(spec.schemes),
+        "source": spec.source,
+        "destination": spec.destination,
+        "summary": spec.summary,
+        "extra": spec.extra,
+        "installed": not missing,
+        "missing": missing,
+        "install": spec.install_hint() if missing else None,
+        "inspect": spec.inspect,
+        "sdk_versions": {name: {"tested": tested, "installed": _installed_version(name)}
+                         for name, tested in spec.sdk_versions.items()},
+        "options": [{"flag": o.flag, "name": o.name, "kind": o.kind, "choices": list(o.choices),
+                     "envvar": list(o.envvar), "help": o.help} for o in spec.options],
+        "capabilities": capabilities,
+    }
 
 
 @dataclass(frozen=True)
@@ -149,6 +258,23 @@ class ParsedUri:
     def display(self) -> str:
         return redact(self.original)
 
+    def directory(self, example: str) -> Path:
+        """The local folder a `scheme:DIR` URI names.  DIR may also be written `//DIR` (so
+        `scheme:///abs/dir` works) or as a `file://` URL; `~` is expanded and a relative DIR is
+        taken from the current directory.  Nothing is normalised (`..` and symlinks stay): a
+        connector that needs one spelling per folder resolves or normpaths the result, and
+        keeps doing so, since its URIs name the runs it wrote.  An empty DIR is a UsageError
+        showing `example` (e.g. "tensorboard:./lightning_logs")."""
+        text = self.rest.strip()
+        for prefix in ("file://", "//"):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+                break
+        if not text:
+            raise UsageError(f"{self.scheme}: needs a directory: {example}")
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else Path.cwd() / path
+
 
 _SCHEME_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9]*)(?P<plus>\+[a-zA-Z]+)?:(?P<rest>.*)$", re.S)
 
@@ -156,19 +282,24 @@ _SCHEME_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9]*)(?P<plus>\+[a-zA-Z]+)
 def parse_uri(text: str) -> ParsedUri:
     if not text:
         raise UsageError("empty URI")
+    known = connectors()
     match = _SCHEME_RE.match(text)
     if match and not (len(match["scheme"]) == 1 and os.name == "nt"):
         scheme = match["scheme"].lower()
-        if scheme in CONNECTORS:
+        if scheme in known:
             rest = match["rest"]
             if match["plus"]:
                 rest = f"{match['plus'][1:].lower()}:{rest}"
             return ParsedUri(scheme, rest, text)
         if not os.path.exists(text):
-            known = ", ".join(f"{s}: ({c.summary})" for s, c in sorted(CONNECTORS.items()))
-            raise UsageError(f"unknown scheme {scheme!r} in {redact(text)!r}; known schemes: {known}")
-    # A bare path is a parquet export root.
-    return ParsedUri("parquet", text, text)
+            listed = " | ".join(s.summary for s in specs())
+            raise UsageError(f"unknown scheme {scheme!r} in {redact(text)!r}; `trackport connectors` lists "
+                             f"the installed ones: {listed}")
+    # A bare path belongs to the connector that takes bare paths (parquet exports).
+    owner = next((s for s in specs() if s.bare_paths), None)
+    if owner is None:
+        raise UsageError(f"{redact(text)!r} has no scheme; write SCHEME:PATH (`trackport connectors` lists them)")
+    return ParsedUri(owner.scheme, text, text)
 
 
 def _importable(name: str) -> bool:
@@ -178,33 +309,98 @@ def _importable(name: str) -> bool:
         return False
 
 
+def _installed_version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def check_sdk_version(distribution: str, tested: str, fix: str) -> str:
+    """The installed version of `distribution` (an SDK whose private API a connector uses) when it
+    lies in `tested`, a PEP 440 range such as ">=3.17.2,<3.18"; else a UsageError naming the SDK,
+    the installed version, the tested range and `fix` (the pip line that installs a tested one).
+    For connectors to call when they open, never at import or --help (the registry does it for
+    every `ConnectorSpec.sdk_versions`)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    installed = _installed_version(distribution)
+    if installed is None:
+        raise MissingExtraError(f"{distribution} is not installed; trackport is tested with {distribution} {tested}. "
+                         f"Fix: {fix}")
+    try:
+        within = SpecifierSet(tested).contains(Version(installed), prereleases=True)
+    except InvalidVersion:
+        within = False
+    if not within:
+        raise UsageError(f"{distribution} {installed} is installed, but trackport relies on {distribution}'s "
+                         f"private API and is tested only with {distribution} {tested}. Fix: {fix} "
+                         f"(it installs a tested version)")
+    return installed
+
+
 def connector(scheme: str):
-    spec = CONNECTORS.get(scheme)
+    """The module of `scheme`'s connector, about to be opened: its SDK installed (`requires`), in
+    the versions tested (`sdk_versions`)."""
+    spec = connectors().get(scheme)
     if spec is None:
-        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(CONNECTORS))}")
-    missing = [name for name in spec.requires if not _importable(name)]
+        raise UsageError(f"unknown scheme {scheme!r}; known: {', '.join(sorted(connectors()))}")
+    missing = spec.missing()
     if missing:
         raise MissingExtraError(
             f"the {scheme} connector needs {', '.join(missing)}, which is not installed; "
-            f"fix: pip install 'trackport[{spec.extra}]'"
+            f"fix: {spec.install_hint()}"
         )
+    for distribution, tested in spec.sdk_versions.items():
+        check_sdk_version(distribution, tested, spec.install_hint() or f"pip install '{distribution}{tested}'")
     return importlib.import_module(spec.module)
 
 
-def open_source(uri: str, options: dict[str, Any] | None = None):
+def open_source(uri: str, options: "Options | Mapping[str, Any] | None" = None):
+    """The source `uri`; `options` are checked (core/options.py) before the connector sees them."""
+    from .options import Options
+
+    options = Options.of(options)
     parsed = parse_uri(uri)
-    module = connector(parsed.scheme)
-    if not hasattr(module, "open_source"):
+    spec = connectors()[parsed.scheme]
+    if not spec.source:
         raise UsageError(f"{parsed.scheme} can only be a destination")
-    return module.open_source(parsed, dict(options or {}))
+    return connector(parsed.scheme).open_source(parsed, options)
 
 
-def open_sink(uri: str, options: dict[str, Any] | None = None):
+def inspect_location(uri: str, options: "Options | Mapping[str, Any] | None" = None, select=None):
+    """`trackport inspect`: the `Inspection` of `uri` by the connector owning it (a bare path:
+    the connector that takes bare paths), when its spec offers one."""
+    from .model import Selection
+    from .options import Options
+
     parsed = parse_uri(uri)
-    module = connector(parsed.scheme)
-    if not hasattr(module, "open_sink"):
+    spec = connectors()[parsed.scheme]
+    if not spec.inspect:
+        able = [s.summary for s in specs() if s.inspect]
+        raise UsageError(f"the {parsed.scheme} connector has no summary for inspect; inspect reads "
+                         f"{' | '.join(able) or 'nothing installed'}")
+    return connector(parsed.scheme).inspect(parsed, Options.of(options), select or Selection())
+
+
+def open_sink(uri: str, options: "Options | Mapping[str, Any] | None" = None, *, read_only: bool = False):
+    """The destination `uri`.  `read_only` (plan, verify): the connector creates nothing, writes
+    nothing and refuses `begin_run`; it may only look (`find_run`, `as_source`, `capabilities`)."""
+    from .options import Options
+
+    options = Options.of(options)
+    parsed = parse_uri(uri)
+    spec = connectors()[parsed.scheme]
+    if not spec.destination:
         raise UsageError(f"{parsed.scheme} can only be a source")
-    return module.open_sink(parsed, dict(options or {}))
+    sink = connector(parsed.scheme).open_sink(parsed, options, read_only=read_only)
+    if read_only and not getattr(sink, "read_only", False):
+        raise UsageError(f"the {parsed.scheme} connector ({spec.module}) ignored read_only=True; "
+                         f"it must keep `read_only` on its Sink (docs/connectors.md)")
+    return sink
 
 
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:token|api[_-]?key|key|password|secret|access_token)=)[^&#]*")

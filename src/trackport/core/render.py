@@ -1,20 +1,23 @@
-"""Human-readable output of reports (the JSON report is the contract; this is the view)."""
+"""Human-readable output of reports (the JSON report is the contract; this is the view).
+
+`make_console` and `plain` are for connectors that draw a view of their own (inspect).
+"""
 
 from __future__ import annotations
 
-from .report import FAILED, DIFFERENT, MISSING, CommandReport
+from .report import CANCELLED, DIFFERENT, FAILED, MISSING, CommandReport
 
 _MAX_ROWS = 60
-_PROBLEMS = (FAILED, DIFFERENT, MISSING)
+_PROBLEMS = (FAILED, DIFFERENT, MISSING, CANCELLED)
 
 
-def _console():
+def make_console():
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
 
 
-def _plain(text) -> str:
+def plain(text) -> str:
     """Data (run names, paths, error texts) shown as it is: `[/x]` in a name is not markup,
     an escape sequence is not sent to the terminal."""
     from rich.markup import escape
@@ -27,13 +30,13 @@ def _plain(text) -> str:
 def render_report(report: CommandReport) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = make_console()
     data = report.to_json()
     totals = data["totals"]
-    console.print(f"[bold]{report.command}[/bold] {_plain(report.source or '')} -> {_plain(report.destination or '')}")
+    console.print(f"[bold]{report.command}[/bold] {plain(report.source or '')} -> {plain(report.destination or '')}")
     if report.command == "plan":
         for line in data.get("destination_capabilities", []):
-            console.print(f"  destination {_plain(line)}")
+            console.print(f"  destination {plain(line)}")
     show_all = report.command in ("plan", "verify") or len(report.runs) <= _MAX_ROWS
     runs = sorted(report.runs, key=lambda r: (r.status not in _PROBLEMS, r.project_id, r.run_id))
     shown = [r for r in runs if show_all or r.status in _PROBLEMS or r.warnings][:_MAX_ROWS]
@@ -55,12 +58,11 @@ def render_report(report: CommandReport) -> None:
                     notes.append(f"{key} {r.details[key]}")
             for line in r.details.get("destination", []) or []:
                 notes.append(line)
-            for line in (r.details.get("differences") or [])[1:4]:
-                notes.append(line)
+            notes.extend(d.message for d in r.differences[1:4])
             style = "red" if r.status in _PROBLEMS else None
-            table.add_row(_plain(r.project_id), _plain(r.run_id),
+            table.add_row(plain(r.project_id), plain(r.run_id),
                           f"[{style}]{r.status}[/{style}]" if style else r.status,
-                          f"{r.points:,}", f"{r.params:,}", f"{r.files:,}", _plain("\n".join(notes)))
+                          f"{r.points:,}", f"{r.params:,}", f"{r.files:,}", plain("\n".join(notes)))
         console.print(table)
         if len(shown) < len(runs):
             console.print(f"... {len(runs) - len(shown)} more run(s); --json for all")
@@ -69,34 +71,9 @@ def render_report(report: CommandReport) -> None:
     console.print(f"runs {totals['runs']} ({counts or 'none'}); points {totals['points']:,}; "
                   f"params {totals['params']:,}; files {totals['files']:,} ({totals['bytes']:,} bytes)")
     if totals["transformations"]:
-        console.print("transformations: " + _plain(", ".join(f"{k} {v:,}" for k, v in sorted(totals["transformations"].items()))))
+        console.print("transformations: " + plain(", ".join(f"{k} {v:,}" for k, v in sorted(totals["transformations"].items()))))
     if totals["drops"]:
         allowed = " (allowed by --allow-drops)" if report.allow_drops else " (exit 1; --allow-drops to accept)"
-        console.print("[red]dropped[/red]: " + _plain(", ".join(f"{k} {v:,}" for k, v in sorted(totals["drops"].items()))) + allowed)
+        console.print("[red]dropped[/red]: " + plain(", ".join(f"{k} {v:,}" for k, v in sorted(totals["drops"].items()))) + allowed)
     for note in data["notes"]:          # scrubbed by to_json
-        console.print(f"note: {_plain(note)}")
-
-
-def render_inspect(summary: dict) -> None:
-    from rich.table import Table
-
-    console = _console()
-    t = summary["totals"]
-    console.print(f"[bold]{_plain(summary['root'])}[/bold] ({_plain(summary['format'])})")
-    console.print(f"projects {t['projects']}, runs {t['runs']}, rows {t['rows']:,}, "
-                  f"parquet {t['data_bytes']:,} bytes, files {t['file_bytes']:,} bytes")
-    table = Table()
-    for col in ("project", "runs", "rows", "attributes", "types", "steps", "parquet bytes", "files"):
-        table.add_column(col, overflow="fold")
-    for p in summary["projects"]:
-        # a hostile part may hold a null or odd type name: sorted as text, shown as data
-        counts = sorted(p["attribute_types"].items(), key=lambda kv: str(kv[0]))
-        types = ", ".join(f"{_plain(k)} {v:,}" for k, v in counts)
-        steps = "-" if p["min_step"] is None else f"{p['min_step']} .. {p['max_step']}"
-        runs = f"{p['runs']}" + (f" ({p['incomplete_runs']} incomplete)" if p["incomplete_runs"] else "")
-        table.add_row(_plain(p["project_id"]), runs, f"{p['rows']:,}", f"{p.get('attributes', 0):,}", types, steps,
-                      f"{p['data_bytes']:,}", f"{p['files']:,} ({p['file_bytes']:,} B)")
-    console.print(table)
-    for p in summary["projects"]:
-        for line in p["unreadable"]:
-            console.print(f"[red]unreadable[/red]: {_plain(line)}")
+        console.print(f"note: {plain(note)}")

@@ -24,8 +24,71 @@ PLANNED = "planned"        # plan only
 VERIFIED = "verified"      # verify: equal after declared transformations
 DIFFERENT = "different"    # verify: undeclared difference
 MISSING = "missing"        # verify: not in the destination (or not complete)
+CANCELLED = "cancelled"    # the caller cancelled the command while this run was being moved
 
 _MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One undeclared difference `verify` found between a source run and its copy.
+
+    `kind`: "value", "series", "file" or "run"; `path`: the attribute path (a file's path
+    `@step` when stepped; the run for "run"); `aspect`: what differs ("missing in destination",
+    "not in source", "value", "count", "fingerprint", "point timestamps", "size/digest",
+    "unreadable in source", "duplicates", ...); `source` / `destination`: the two sides where
+    they have a value."""
+
+    kind: str
+    path: str
+    aspect: str
+    source: Any = None
+    destination: Any = None
+    text: str | None = None
+
+    @property
+    def message(self) -> str:
+        if self.text:
+            return self.text
+        where = f"{self.kind} {self.path}"
+        if self.aspect in ("missing in destination", "not in source"):
+            return f"{where}: {self.aspect}"
+        if self.aspect.startswith("unreadable"):
+            return f"{where}: {self.aspect} ({self.source if self.source is not None else self.destination})"
+        if self.aspect == "point timestamps":
+            return f"{where}: point timestamps differ"
+        if self.aspect == "value":
+            return f"{where}: source {self.source} != destination {self.destination}"
+        return f"{where}: {self.aspect} {self.source} != {self.destination}"
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "aspect": self.aspect, "source": self.source,
+                "destination": self.destination, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A command's totals, as `--json` prints them under "totals".  Points, params, files and
+    bytes count what moved (or was planned, verified): a failed run's own record keeps what it
+    holds, but none of it reached the destination."""
+
+    runs: int
+    statuses: dict[str, int]
+    points: int
+    params: int
+    files: int
+    bytes: int
+    transformations: dict[str, int]
+    drops: dict[str, int]
+    warnings: int
+
+    def to_json(self) -> dict:
+        return {"runs": self.runs, **{k: self.statuses[k] for k in sorted(self.statuses)},
+                "points": self.points, "params": self.params, "files": self.files, "bytes": self.bytes,
+                "transformations": self.transformations, "drops": self.drops, "warnings": self.warnings}
 
 
 @dataclass
@@ -87,6 +150,11 @@ class RunReport:
         if len(seen) < _MAX_EXAMPLES and example not in seen:
             seen.append(example)
 
+    @property
+    def differences(self) -> list[Difference]:
+        """verify: the undeclared differences found (the first 20 of them)."""
+        return list(self.details.get("differences") or [])
+
     def to_json(self) -> dict:
         out = {
             "project_id": self.project_id,
@@ -105,7 +173,8 @@ class RunReport:
             "error": self.error,
         }
         if self.details:
-            out["details"] = self.details
+            out["details"] = {k: ([d.to_json() if isinstance(d, Difference) else d for d in v]
+                                  if k == "differences" else v) for k, v in self.details.items()}
         return out
 
 
@@ -118,6 +187,8 @@ class CommandReport:
     runs: list[RunReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # A filter the user gave that selected nothing (--project nope): a note each, and exit 1.
+    unmatched: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, run: RunReport) -> RunReport:
@@ -144,31 +215,47 @@ class CommandReport:
 
     @property
     def exit_code(self) -> int:
-        if any(r.status in (FAILED, DIFFERENT, MISSING) for r in self.runs):
+        if any(r.status in (FAILED, DIFFERENT, MISSING, CANCELLED) for r in self.runs):
             return 1
         if not self.allow_drops and any(r.drops for r in self.runs):
             return 1
+        if self.unmatched:
+            return 1
         return 0
 
+    def selected_nothing(self, message: str) -> None:
+        with self._lock:
+            if message not in self.unmatched:
+                self.unmatched.append(message)
+
+    @property
+    def totals(self) -> Totals:
+        done = [r for r in self.runs if r.status not in (FAILED, MISSING, CANCELLED)]
+        return Totals(
+            runs=len(self.runs),
+            statuses=dict(Counter(r.status for r in self.runs)),
+            points=sum(r.points for r in done),
+            params=sum(r.params for r in done),
+            files=sum(r.files for r in done),
+            bytes=sum(r.bytes for r in done),
+            transformations=dict(self.transformations),
+            drops=dict(self.drops),
+            warnings=sum(len(r.warnings) for r in self.runs),
+        )
+
+    @property
+    def all_notes(self) -> list[str]:
+        """The filters that selected nothing, then the command's other notes."""
+        return [scrub(n) for n in (*self.unmatched, *self.notes)]
+
     def to_json(self) -> dict:
-        statuses = Counter(r.status for r in self.runs)
         return {
             "command": self.command,
             "source": self.source,
             "destination": self.destination,
             "exit_code": self.exit_code,
-            "totals": {
-                "runs": len(self.runs),
-                **{k: statuses[k] for k in sorted(statuses)},
-                "points": sum(r.points for r in self.runs),
-                "params": sum(r.params for r in self.runs),
-                "files": sum(r.files for r in self.runs),
-                "bytes": sum(r.bytes for r in self.runs),
-                "transformations": dict(self.transformations),
-                "drops": dict(self.drops),
-                "warnings": sum(len(r.warnings) for r in self.runs),
-            },
-            "notes": [scrub(n) for n in self.notes],
+            "totals": self.totals.to_json(),
+            "notes": self.all_notes,
             **self.extra,
             "runs": [r.to_json() for r in sorted(self.runs, key=lambda r: (r.project_id, r.run_id))],
         }

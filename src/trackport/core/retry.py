@@ -7,6 +7,11 @@
   limits and the last error (or, with `final=False`, as connectors use it, the last
   TransientError marked `exhausted`, which no outer loop retries again: nested loops never
   multiply the bound).
+- Dead endpoints: every endpoint keeps the time of the first failure of its current failure
+  streak (reset by any success).  Once an endpoint has failed for longer than `budget_s`
+  without one success, a new call to it is not tried: it gives up at once, naming the
+  endpoint.  With a server gone silent a command ends after about one bound plus two
+  request timeouts, not one bound (of timeouts) per run.
 - Delay: the server's Retry-After when it gave one (capped at RETRY_AFTER_CAP_S), else
   BASE_DELAY_S * 2**(attempt-1) capped at MAX_DELAY_S, both jittered.
 - Sharing: a *throttled* error (429/503, or any error carrying Retry-After) pauses every
@@ -14,7 +19,9 @@
   delay is over, so parallel workers back off together instead of hammering a limit.
   Other transient errors (a dropped connection, a 500) delay only the caller that hit them.
 - Settings: process-wide defaults (`configure`, set by the CLI from --retry-max-attempts /
-  --retry-max-seconds) used by connectors; the pipeline passes its own values explicitly.
+  --retry-max-seconds / --request-timeout) used by connectors; the pipeline passes its own
+  values explicitly.  `request_timeout_s` bounds one request's wait for an answer (read
+  timeout); connecting is bounded by `connect_timeout()`.
 """
 
 from __future__ import annotations
@@ -37,21 +44,28 @@ RETRY_AFTER_CAP_S = 300.0
 DEFAULT_ENDPOINT = "default"
 
 
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_CAP_S = 10.0
+
+
 @dataclass
 class RetrySettings:
     max_attempts: int = 8
     budget_s: float = 600.0
+    request_timeout_s: float | None = None     # None: the tracker's own setting, else the default
 
 
 _settings = RetrySettings()
 
 
-def configure(max_attempts: int | None = None, budget_s: float | None = None) -> RetrySettings:
+def configure(max_attempts: int | None = None, budget_s: float | None = None,
+              request_timeout_s: float | None = None) -> RetrySettings:
     """Set the process-wide retry bound (None keeps the current value); returns the settings."""
     global _settings
     _settings = RetrySettings(
         max_attempts if max_attempts is not None else _settings.max_attempts,
         budget_s if budget_s is not None else _settings.budget_s,
+        request_timeout_s if request_timeout_s is not None else _settings.request_timeout_s,
     )
     return _settings
 
@@ -60,12 +74,36 @@ def settings() -> RetrySettings:
     return _settings
 
 
+def request_timeout(tracker_setting: float | None = None) -> tuple[float, float]:
+    """(connect, read) seconds for one HTTP request, as `requests` takes them: --request-timeout
+    when given, else the tracker's own setting (e.g. MLFLOW_HTTP_REQUEST_TIMEOUT) when the
+    user set one, else DEFAULT_REQUEST_TIMEOUT_S."""
+    read = _settings.request_timeout_s
+    if read is None:
+        read = tracker_setting if tracker_setting else DEFAULT_REQUEST_TIMEOUT_S
+    return min(read, CONNECT_TIMEOUT_CAP_S), read
+
+
 class _Gate:
     """The shared pause of one endpoint."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.pause_until = 0.0
+        self.failing_since: float | None = None   # start of the current failure streak
+
+    def failed(self, since: float) -> None:
+        with self.lock:
+            if self.failing_since is None or since < self.failing_since:
+                self.failing_since = since
+
+    def succeeded(self) -> None:
+        with self.lock:
+            self.failing_since = None
+
+    def down_for(self) -> float:
+        with self.lock:
+            return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
 
 _gates: dict[str, _Gate] = {}
@@ -78,6 +116,15 @@ def _gate(endpoint: str) -> _Gate:
         if gate is None:
             gate = _gates[endpoint] = _Gate()
         return gate
+
+
+def forget_failures() -> None:
+    """Start a command with no endpoint counted as down: an outage an earlier command of this
+    process saw (the previous round of `sync`, a caller's earlier `copy`) is not this one's."""
+    with _gates_lock:
+        gates = list(_gates.values())
+    for gate in gates:
+        gate.succeeded()
 
 
 def pause_endpoint(endpoint: str, seconds: float) -> None:
@@ -132,14 +179,31 @@ class Backoff:
         # runs) that fails late still gets its retries.
         failing_since: float | None = None
         attempt = 0
+        gate = _gate(endpoint)
         while True:
             self._wait_shared(endpoint, failing_since)
+            dead = gate.down_for()
+            if attempt == 0 and dead > self.budget_s:
+                # Every request to this endpoint has failed for the whole bound: the command
+                # gives up on it instead of letting each run wait out timeouts of its own.
+                message = (f"{what}: not tried: every request to {endpoint} has failed for {dead:.0f}s "
+                           f"without one success (limit --retry-max-seconds {self.budget_s:g}); "
+                           f"rerun the same command once it answers")
+                if final:
+                    raise RunError(message, **ids)
+                given_up = TransientError(message)
+                given_up.exhausted = True
+                raise given_up
             try:
-                return fn()
+                result = fn()
             except TransientError as exc:
+                if exc.run_level and not final:
+                    raise
                 attempt += 1
                 now = time.monotonic()
                 failing_since = now if failing_since is None else failing_since
+                if not exc.exhausted:   # an inner loop's give-up was counted by that loop
+                    gate.failed(now)
                 elapsed = now - failing_since
                 delay = retry_delay(exc, attempt)
                 if exc.exhausted or attempt >= self.max_attempts or elapsed + delay > self.budget_s:
@@ -161,6 +225,9 @@ class Backoff:
                 else:
                     log.info("%s: %s; retrying in %.1fs (attempt %d)", where, exc, delay, attempt + 1)
                     time.sleep(delay)
+            else:
+                gate.succeeded()
+                return result
 
     def _wait_shared(self, endpoint: str, failing_since: float | None) -> None:
         """Sleep while the endpoint is paused (never past this call's time bound)."""

@@ -1,14 +1,17 @@
 """The canonical long-row format: one row per scalar value or series point.
 
-Column for column the schema neptune-exporter writes (see DESIGN.md section 2),
+Column for column the schema neptune-exporter writes (docs/format.md),
 so its exports load unchanged and ours load with it.  Readers accept extra
 top-level columns; writers only ever add new nullable top-level columns.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,6 +52,32 @@ COLUMNS = tuple(SCHEMA.names)
 # written to an export.
 DEST_STEP = "dest_step"
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def ms_from_datetime(value: Any) -> int | None:
+    """Milliseconds since the epoch (the canonical timestamps' unit) of a time: a datetime
+    (naive = UTC), a numpy datetime64, a pandas Timestamp, or a number already in ms (a
+    non-finite float: None).  Exact integer arithmetic, floored to the ms.  None stays None;
+    anything else is a TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[ms]").astype(np.int64))
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if math.isfinite(value) else None
+    if hasattr(value, "to_pydatetime"):
+        return ms_from_datetime(value.to_pydatetime())
+    raise TypeError(f"not a time: {value!r}")
+
+
 # attribute_type -> the column holding its value
 VALUE_COLUMN: dict[str, str] = {
     "float": "float_value",
@@ -73,6 +102,14 @@ SERIES_TYPES = frozenset({"string_series", "histogram_series"})
 FILE_TYPES = frozenset({"file", "file_series", "file_set", "artifact"})
 STEPPED_TYPES = frozenset({"float_series", "string_series", "histogram_series", "file_series"})
 
+
+def series_rows(table: pa.Table) -> pa.ChunkedArray:
+    """Which rows are series points: a step, or a series type even without one (a point
+    whose step a source could not know is still a point, counted as one)."""
+    stepped = pa.array(sorted(STEPPED_TYPES))
+    return pc.or_(pc.is_valid(table.column("step")),
+                  pc.fill_null(pc.is_in(table.column("attribute_type"), value_set=stepped), False))
+
 # Data classes, as selected with --classes
 CLASSES: dict[str, frozenset[str]] = {
     "params": PARAM_TYPES,
@@ -85,10 +122,6 @@ CLASS_OF_TYPE = {t: c for c, types in CLASSES.items() for t in types}
 
 class SchemaError(ValueError):
     """A batch or file does not fit the canonical schema."""
-
-
-def empty_table() -> pa.Table:
-    return SCHEMA.empty_table()
 
 
 def conform(batch: pa.RecordBatch | pa.Table, where: str = "") -> pa.Table:
@@ -205,6 +238,17 @@ class SeriesColumns:
         elif kind == "histogram_series" and value is not None:
             self.weight += len(value["edges"]) + len(value["values"])
 
+    def take_micro(self, project_id: str, run_id: str) -> pa.Table:
+        """The canonical table when `self.step` holds steps in millionths (None: no step);
+        the columns are emptied for the next batch."""
+        from .steps import decimal_steps
+
+        valid = np.array([s is not None for s in self.step], dtype=bool)
+        micro = np.array([0 if s is None else s for s in self.step], dtype=np.int64)
+        table = self.table(project_id, run_id, decimal_steps(micro, None if valid.all() else valid))
+        self.clear()
+        return table
+
     def table(self, project_id: str, run_id: str, steps: pa.Array) -> pa.Table:
         """The canonical table; `steps` is the step column the caller built from `self.step`."""
         n = len(self.path)
@@ -222,8 +266,3 @@ class SeriesColumns:
         }
         return pa.Table.from_arrays([arrays[f.name] if f.name in arrays else pa.nulls(n, f.type)
                                      for f in SCHEMA], schema=SCHEMA)
-
-
-def filter_types(table: pa.Table, types: Iterable[str]) -> pa.Table:
-    mask = pc.is_in(table.column("attribute_type"), value_set=pa.array(sorted(types), pa.string()))
-    return table.filter(mask)

@@ -69,6 +69,31 @@ def unscaled(steps: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return low
 
 
+def unscaled_list(steps: pa.Array | pa.ChunkedArray) -> list[int | None]:
+    """Steps as Python ints of millionths, None where a point has no step (for writers that
+    go point by point)."""
+    micro = unscaled(steps).tolist()
+    if not steps.null_count:
+        return micro
+    return [m if ok else None for m, ok in zip(micro, np.asarray(steps.is_valid()).tolist())]
+
+
+def step_text(step: Decimal | int | str | None) -> str | None:
+    """The shortest exact decimal text of a step: Decimal("7.500000") -> "7.5",
+    Decimal("100.000000") -> "100"; None stays None.  No float is involved (a float
+    given is taken at its exact binary value)."""
+    return None if step is None else format(Decimal(step).normalize(), "f")
+
+
+def unscaled_text(unscaled: int | None) -> str | None:
+    """`step_text` of a step given in millionths (as `unscaled` returns them): 7500000 -> "7.5"."""
+    if unscaled is None:
+        return None
+    sign = "-" if unscaled < 0 else ""
+    whole, frac = divmod(abs(int(unscaled)), _DENOM)
+    return f"{sign}{whole}" if not frac else f"{sign}{whole}." + f"{frac:0{STEP_SCALE}d}".rstrip("0")
+
+
 def decimal_places(values: np.ndarray) -> int:
     """Fewest decimal places (0..6) that represent every value exactly."""
     if values.size == 0:
@@ -81,10 +106,6 @@ def decimal_places(values: np.ndarray) -> int:
 
 def multiplier_for(places: int) -> int:
     return 10**places
-
-
-class StepCollisionError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

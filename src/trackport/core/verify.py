@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -19,12 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import layout
 from . import steps as stepmath
-from .connector import FileAccess, Sink, Source
-from .errors import RunError
+from .connector import FileAccess, Sink, Source, find_loaded
+from .fidelity import Drawings, RunDrawing, SeriesTap
+from .errors import Cancelled, RunError
 from .model import RunRef, Selection
-from .report import DIFFERENT, FAILED, MISSING, VERIFIED, CommandReport, RunReport
-from .schema import FILE_TYPES
+from .report import DIFFERENT, FAILED, MISSING, VERIFIED, CommandReport, Difference, RunReport
+from .schema import FILE_TYPES, series_rows
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 _MAX_DIFFS = 20
@@ -78,9 +79,9 @@ def summarize(tables: Iterator[pa.Table]) -> RunSummary:
             table = pa.Table.from_batches([table])
         if table.num_rows == 0:
             continue
-        step = table.column("step")
-        _single(out, table.filter(pc.is_null(step)))
-        stepped = table.filter(pc.is_valid(step))
+        points = series_rows(table)
+        _single(out, table.filter(pc.invert(points)))
+        stepped = table.filter(points)
         if stepped.num_rows:
             _stepped(out, stepped)
     return out
@@ -106,11 +107,15 @@ def _stepped(out: RunSummary, table: pa.Table) -> None:
     for (path, typ), group in _groups(table):
         summary = out.series.setdefault(path, SeriesSummary(typ))
         steps = group.column("step")
-        lo, hi = pc.min_max(steps).values()
-        summary.min_step = lo.as_py() if summary.min_step is None else min(summary.min_step, lo.as_py())
-        summary.max_step = hi.as_py() if summary.max_step is None else max(summary.max_step, hi.as_py())
+        lo, hi = (v.as_py() for v in pc.min_max(steps).values())
+        if lo is not None:
+            summary.min_step = lo if summary.min_step is None else min(summary.min_step, lo)
+            summary.max_step = hi if summary.max_step is None else max(summary.max_step, hi)
         summary.count += group.num_rows
-        h_step = _mix(stepmath.unscaled(steps), 1)
+        raw = stepmath.unscaled(steps)
+        if steps.null_count:     # a point without a step is not a point at step 0
+            raw = np.where(np.asarray(steps.is_valid()), raw, np.int64(-(2**63)))
+        h_step = _mix(raw, 1)
         if typ == "float_series":
             h_val = _mix(_float_bits(group.column("float_value")), 2)
         elif typ == "string_series":
@@ -142,6 +147,9 @@ def _groups(table: pa.Table):
 def file_digest(files: FileAccess, path: str) -> tuple[int, str]:
     """(size, blake2b) of a file, or of a directory's files in name order."""
     local = files.local_path(path)
+    special = layout.special_file(local) if local is not None else None
+    if special:   # opening a named pipe waits for a writer: never read it
+        raise OSError(f"{path!r} {special}")
     digest = hashlib.blake2b(digest_size=16)
     size = 0
     if local is not None and local.is_dir():
@@ -167,85 +175,133 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def compare(expected: RunSummary, actual: RunSummary, src_files: FileAccess, dst_files: FileAccess,
-            timestamps: bool = True) -> tuple[list[str], dict[str, int]]:
-    diffs: list[str] = []
+            timestamps: bool = True, digests: dict[str, tuple[Any, Any]] | None = None
+            ) -> tuple[list[Difference], dict[str, int]]:
+    """The undeclared differences and what was checked; `digests`, when given, receives each
+    file's (source, destination) size/digest text (None where a side has no file)."""
+    diffs: list[Difference] = []
     checked = {"values": 0, "series": 0, "points": 0, "files": 0}
     for path in sorted(set(expected.values) | set(actual.values)):
         e, a = expected.values.get(path), actual.values.get(path)
         checked["values"] += 1
         if e is None or a is None:
-            diffs.append(f"value {path}: {'missing in destination' if a is None else 'not in source'}")
+            diffs.append(Difference("value", path, "missing in destination" if a is None else "not in source"))
         elif e[0] != a[0] or not _same(e[1], a[1]):
-            diffs.append(f"value {path}: source {e[0]} {e[1]!r:.80} != destination {a[0]} {a[1]!r:.80}")
+            diffs.append(Difference("value", path, "value", f"{e[0]} {e[1]!r:.80}", f"{a[0]} {a[1]!r:.80}"))
     for path in sorted(set(expected.series) | set(actual.series)):
         e, a = expected.series.get(path), actual.series.get(path)
         checked["series"] += 1
         if e is None or a is None:
-            diffs.append(f"series {path}: {'missing in destination' if a is None else 'not in source'}")
+            diffs.append(Difference("series", path, "missing in destination" if a is None else "not in source"))
             continue
         checked["points"] += e.count
         for what in ("attribute_type", "count", "min_step", "max_step", "fingerprint"):
             if getattr(e, what) != getattr(a, what):
-                diffs.append(f"series {path}: {what} {getattr(e, what)} != {getattr(a, what)}")
+                diffs.append(Difference("series", path, what, getattr(e, what), getattr(a, what)))
                 break
         else:
             if timestamps and e.ts_fingerprint != a.ts_fingerprint:
-                diffs.append(f"series {path}: point timestamps differ")
+                diffs.append(Difference("series", path, "point timestamps"))
     for key in sorted(set(expected.files) | set(actual.files), key=lambda k: (k[0], str(k[1]))):
         e, a = expected.files.get(key), actual.files.get(key)
         label = key[0] if key[1] is None else f"{key[0]}@{key[1]}"
         checked["files"] += 1
         if e is None or a is None:
-            diffs.append(f"file {label}: {'missing in destination' if a is None else 'not in source'}")
+            diffs.append(Difference("file", label, "missing in destination" if a is None else "not in source"))
+            if digests is not None:
+                digests[label] = (None if e is None else "?", None if a is None else "?")
             continue
         try:
             es = file_digest(src_files, e[1])
         except Exception as exc:
-            diffs.append(f"file {label}: unreadable in source ({exc})")
+            diffs.append(Difference("file", label, "unreadable in source", str(exc)))
             continue
         try:
             ds = file_digest(dst_files, a[1])
         except Exception as exc:
-            diffs.append(f"file {label}: unreadable in destination ({exc})")
+            diffs.append(Difference("file", label, "unreadable in destination", None, str(exc)))
             continue
+        if digests is not None:
+            digests[label] = (f"{es[0]}/{es[1]}", f"{ds[0]}/{ds[1]}")
         if es != ds:
-            diffs.append(f"file {label}: size/digest {es[0]}/{es[1][:12]} != {ds[0]}/{ds[1][:12]}")
+            diffs.append(Difference("file", label, "size/digest", f"{es[0]}/{es[1][:12]}", f"{ds[0]}/{ds[1][:12]}"))
     return diffs, checked
 
 
 def verify(source: Source, sink: Sink, select: Selection, report: CommandReport,
-           workers: int = 4, progress=None) -> CommandReport:
+           workers: int = 4, progress=None, cancel=None, drawings: Drawings | None = None) -> CommandReport:
+    """Compare every selected source run with its copy in `sink`, into `report`.  `cancel`
+    (a threading.Event): once set, no further run is compared and Cancelled is raised.
+    `drawings`: also collect each run's series, params and files as `trackport report` shows them."""
+    from .pipeline import AttributeMatches, check_selection, count_files, in_parallel
+
+    sink.preflight(read_only=True)
     dest_source = sink.as_source()
     runs = list(source.list_runs(select))
+    check_selection(select, runs, report, source)
+    attributes = AttributeMatches()
     if progress is not None:
         progress.start(len(runs))
     timestamps = sink.capabilities.keeps_timestamps
+    if drawings is not None:
+        drawings.total_runs = max(1, len(runs))
 
     def one(ref: RunRef) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(report)
         run_report = report.add(RunReport(ref.project_id, ref.run_id))
         name = source.describe_run(ref)
         if progress is not None:
             progress.run_started(name)
+        taps = (SeriesTap(), SeriesTap()) if drawings is not None else None
+        expected = actual = None
+        diffs: list[Difference] = []
+        digests: dict[str, tuple[Any, Any]] = {}
         try:
             origin = source.origin(ref)
-            dest = sink.find_run(origin)
+            dest = find_loaded(sink, source, ref, origin)
+            if dest is not None and dest.damage:
+                run_report.status = FAILED
+                run_report.error = f"run {name} in the destination: {dest.damage}"
+                return
             if dest is None or not dest.complete:
                 run_report.status = MISSING
                 run_report.error = "not in the destination" if dest is None else "incomplete in the destination"
                 return
             run_report.dest_id = dest.id
+            if dest.duplicates:
+                # Which of them a reader sees is luck: the copy is not one run, whatever the data.
+                from .pipeline import duplicates_message
+
+                run_report.status = DIFFERENT
+                run_report.details["duplicates"] = [dest.id, *dest.duplicates]
+                run_report.details["differences"] = [Difference("run", name, "duplicates",
+                                                                destination=[dest.id, *dest.duplicates],
+                                                                text=duplicates_message(dest))]
+                run_report.error = f"run {name}: {duplicates_message(dest)}"
+                return
             dref = sink.dest_ref(dest, origin)
-            expected = summarize(source.read_run(ref, select))
-            actual = summarize(dest_source.read_run(dref, select))
-            diffs, checked = compare(expected, actual, source.files(ref), dest_source.files(dref), timestamps)
+            # The source as the destination holds it: its declared, one-way transformations applied.
+            expected_tables = (sink.expected_view(_table(t)) for t in source.read_run(ref, select))
+            actual_tables = dest_source.read_run(dref, select)
+            if taps is not None:
+                expected_tables, actual_tables = taps[0].watch(expected_tables), taps[1].watch(actual_tables)
+            expected = summarize(expected_tables)
+            attributes.saw_paths([*expected.values, *expected.series, *(k[0] for k in expected.files)])
+            actual = summarize(actual_tables)
+            diffs, checked = compare(expected, actual, source.files(ref), dest_source.files(dref), timestamps,
+                                     digests if drawings is not None else None)
             run_report.points = checked["points"]
             run_report.params = checked["values"]
-            run_report.files = checked["files"]
+            # files and bytes as plan and copy count them (each source file once, a file_set's files)
+            run_report.files, run_report.bytes = count_files(
+                source.files(ref), [(k[0], v[0], k[1], v[1]) for k, v in expected.files.items()])
+            run_report.details["files_compared"] = checked["files"]
             run_report.details["series"] = checked["series"]
             if diffs:
                 run_report.status = DIFFERENT
                 run_report.details["differences"] = diffs[:_MAX_DIFFS]
-                run_report.error = f"{len(diffs)} difference(s); first: {diffs[0]}"
+                run_report.error = f"{len(diffs)} difference(s); first: {diffs[0].message}"
             else:
                 run_report.status = VERIFIED
         except RunError as exc:
@@ -255,22 +311,34 @@ def verify(source: Source, sink: Sink, select: Selection, report: CommandReport,
             run_report.status = FAILED
             run_report.error = f"run {name}: unexpected {type(exc).__name__}: {exc}"
         finally:
+            if drawings is not None:
+                _draw(drawings, run_report, name, taps, expected, actual, diffs, digests)
             if progress is not None:
                 progress.run_done(name, run_report.status)
 
     try:
-        if workers <= 1:
-            for ref in runs:
-                one(ref)
-        else:
-            pool = ThreadPoolExecutor(max_workers=workers)
-            try:
-                list(pool.map(one, runs))
-            except BaseException:   # Ctrl-C: do not wait for the runs still being compared
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+        in_parallel(one, runs, workers)
     finally:
         if progress is not None:
             progress.finish()
+    attributes.check(select, report)
     return report
+
+
+def _table(batch) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+
+def _draw(drawings: Drawings, run_report: RunReport, name: str, taps, expected: RunSummary | None,
+          actual: RunSummary | None, diffs: list[Difference], digests: dict[str, tuple[Any, Any]]) -> None:
+    run = RunDrawing(run_report.project_id, run_report.run_id, name, run_report.status, run_report.error,
+                     differences=[d.message for d in run_report.differences] or [d.message for d in diffs[:_MAX_DIFFS]])
+    differing = {d.path for d in diffs}
+    if expected is not None and actual is not None:
+        for path in sorted(set(expected.values) | set(actual.values)):
+            e, a = expected.values.get(path), actual.values.get(path)
+            run.params.append((path, None if e is None else e[1], None if a is None else a[1], path in differing))
+    for label in sorted(digests):
+        src, dst = digests[label]
+        run.files.append((label, src, dst, label in differing))
+    drawings.add_run(run, taps[0], taps[1], {d.path for d in diffs if d.kind == "series"})

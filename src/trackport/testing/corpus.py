@@ -1,4 +1,4 @@
-"""The conformance corpus: one canonical run per case of DESIGN.md section 5.
+"""The conformance corpus: one canonical run per case of the conformance suite (docs/architecture.md, Testing).
 
 Every connector's conformance test sends these runs through its sink, reads
 them back through its source and compares the result with the input after

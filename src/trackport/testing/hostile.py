@@ -42,6 +42,7 @@ from .corpus import BASE_MS, concat, micro_steps, rows_table, series_table
 
 PROJECT = "hostile/main"
 EMPTY_PROJECT = "hostile/empty"
+LINKED_PROJECT = "hostile/linked"
 # unicode, '/', '..', quotes and control characters in every name
 ODD_PROJECT = "hostile/ünï ..\"q'\x07/проект"
 ODD_RUN = "../ünï/\"q'\n\t\x1b[31m\x00run"
@@ -248,6 +249,38 @@ def write_hostile_export(folder: Path, wide_attributes: int = WIDE_ATTRIBUTES) -
         add(HostileCase(case, main, run_id, FAILED, what,
                         "fails naming the run and the file, before anything is written; "
                         "`--allow-drops` moves the run without it (drop counted)", files=(rel,)))
+
+    run_id = "NAMED-PIPE"
+    rel = f"{main}/{run_id}/files/pipe"
+    (files_root / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(files_root / rel)        # opening it for reading would wait for a writer forever
+    _write_parts(root, main, run_id, [concat([_name(main, run_id), _loss(main, run_id, 5), rows_table(main, run_id, [
+        {"path": "files/thing", "type": "file", "value": rel}])])])
+    add(HostileCase("named_pipe", main, run_id, FAILED, "a `file_value.path` that is a named pipe",
+                    "fails naming the run and the file before anything is read from it (no hang); "
+                    "`--allow-drops` moves the run without it (drop counted)", files=(rel,)))
+
+    # a project whose files folder is a symlink out of the export: every path below it resolves
+    # "inside" that folder, so each component from the export root down is checked
+    run_id = "LINKED-FOLDER"
+    (root / "files").mkdir(parents=True, exist_ok=True)
+    (root / "files" / safe(LINKED_PROJECT)).symlink_to(outside, target_is_directory=True)
+    _write_parts(root, LINKED_PROJECT, run_id, [concat([_name(LINKED_PROJECT, run_id), _loss(LINKED_PROJECT, run_id, 5),
+                                                        rows_table(LINKED_PROJECT, run_id, [
+                                                            {"path": "files/thing", "type": "file",
+                                                             "value": "secret.txt"}])])])
+    add(HostileCase("files_folder_symlinked_out", LINKED_PROJECT, run_id, FAILED,
+                    "the project's files folder `files/<safe(project)>` is a symlink to a folder outside the export",
+                    "fails naming the run, the file and the folder; nothing is read through it", files=("secret.txt",)))
+
+    # -- parts missing ---------------------------------------------------------------------------
+    run_id = "PART-GAP"
+    _write_parts(root, main, run_id, [concat([_name(main, run_id), _loss(main, run_id, 10)]),
+                                      _loss(main, run_id, 10, range(10, 20)), _loss(main, run_id, 10, range(20, 30))])
+    layout_gap = root / "data" / safe(main) / f"{safe(run_id)}_part_1.parquet"
+    layout_gap.unlink()
+    add(HostileCase("part_gap", main, run_id, FAILED, "`_part_0` and `_part_2` without `_part_1`",
+                    "fails as a damaged run naming the missing part; nothing of it is written"))
 
     # -- points that clash or are not numbers ------------------------------------------------
     run_id = "DUP-SAME"

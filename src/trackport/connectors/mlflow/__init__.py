@@ -17,11 +17,37 @@ from pathlib import Path
 from typing import Any
 
 from trackport.core.errors import UsageError
-from trackport.core.registry import ParsedUri, redact
+from trackport.core.registry import ConnectorOption, ConnectorSpec, ParsedUri, redact
 
 log = logging.getLogger(__name__)
 
 _DB_URI = re.compile(r"^(postgresql|postgres|mysql|mssql|oracle)(\+[\w-]+)?://", re.I)
+
+SPEC = ConnectorSpec(
+    schemes=("mlflow",),
+    summary="mlflow:sqlite:///ABS.db, mlflow:./mlruns, mlflow+http(s)://HOST:PORT",
+    extra="mlflow",
+    requires=("mlflow",),
+    # client.py uses private MLflow API (_get_request_session, _tracking_client.store, the store
+    # registry, FileStore internals); pyproject's `mlflow` extra pins the same range.
+    sdk_versions={"mlflow": ">=3.17.2,<3.18"},
+    capabilities={"mlflow": "trackport.connectors.mlflow.mapping:CAPABILITIES"},
+    options=(
+        ConnectorOption("--mlflow-experiment",
+                        "MLflow experiment name template (default '{project}')."),
+        ConnectorOption("--mlflow-bulk", "MLflow database destination (sqlite:///, "
+                        "postgresql://, mysql://): write metric points straight into "
+                        "MLflow's tables in large transactions (checked schema "
+                        "revisions only).", "flag"),
+        ConnectorOption("--mlflow-artifacts-root", "MLflow source read directly (SQLite, "
+                        "database, ./mlruns) whose runs were logged through a tracking "
+                        "server (artifact URIs mlflow-artifacts:/...): the server's "
+                        "--artifacts-destination folder, or the server's URL, to read "
+                        "their artifacts from (without it they are a counted drop)."),
+        ConnectorOption("--include-deleted", "MLflow source: also move deleted runs and "
+                        "the runs of deleted experiments (sys/trashed = true).", "flag"),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -35,14 +61,12 @@ class Target:
     local_store: str | None = None    # SQLite file or file-store directory
 
 
-def resolve(parsed: ParsedUri, options: dict[str, Any] | None = None) -> Target:
+def resolve(parsed: ParsedUri) -> Target:
     """Turn the part after `mlflow:` into a tracking URI (relative paths against the cwd)."""
-    options = options or {}
     rest = parsed.rest.strip()
     if not rest:
         raise UsageError("mlflow: needs a store: mlflow:sqlite:///ABS.db, mlflow:./mlruns or "
                          "mlflow+http://HOST:PORT")
-    artifact_root = options.get("mlflow_artifact_root")
     if rest.startswith(("http://", "https://")):
         clean = redact(rest).rstrip("/")
         if clean != rest.rstrip("/"):
@@ -61,10 +85,10 @@ def resolve(parsed: ParsedUri, options: dict[str, Any] | None = None) -> Target:
             db = Path.cwd() / db
         db = Path(os.path.normpath(db))
         tracking = f"sqlite:///{db}"
-        root = artifact_root or (db.parent / "mlartifacts").as_uri()
+        root = (db.parent / "mlartifacts").as_uri()
         return Target("sqlite", tracking, f"mlflow:{tracking}", str(root), str(db))
     if _DB_URI.match(rest):
-        root = artifact_root or (Path.cwd() / "mlartifacts").as_uri()
+        root = (Path.cwd() / "mlartifacts").as_uri()
         return Target("database", rest, f"mlflow:{redact(rest)}", str(root))
     if rest == "databricks" or rest.startswith("databricks://"):
         return Target("databricks", rest, f"mlflow:{rest}")
@@ -82,30 +106,41 @@ def resolve(parsed: ParsedUri, options: dict[str, Any] | None = None) -> Target:
     return Target("file", directory.as_uri(), f"mlflow:{directory}", None, str(directory))
 
 
-def _tracking(target: Target):
+def _tracking(target: Target, read_only: bool = False):
     from .client import Tracking, env_for_file_store
 
     if target.kind == "file":
         env_for_file_store()
     return Tracking(target.tracking_uri, target.uri.removeprefix("mlflow+").removeprefix("mlflow:"),
-                    target.artifact_root, Path(target.local_store) if target.local_store else None)
+                    target.artifact_root, Path(target.local_store) if target.local_store else None,
+                    read_only=read_only)
 
 
 def open_source(parsed_uri: ParsedUri, options: dict[str, Any]):
+    """A source never changes its store: a SQLite store is read from a private copy, a file
+    store without MLflow's mkdirs, a server database only at this MLflow's schema head."""
     from .source import MlflowSource
 
-    target = resolve(parsed_uri, options)
+    target = resolve(parsed_uri)
     if target.local_store and not Path(target.local_store).exists():
         raise UsageError(f"no MLflow store at {target.local_store}")
-    return MlflowSource(_tracking(target), target.uri, options)
+    if target.kind == "sqlite" and not Path(target.local_store).is_file():
+        raise UsageError(f"{target.local_store} is not a SQLite file")
+    if target.kind == "database":
+        from .client import check_database_revision
+
+        check_database_revision(target.tracking_uri, target.uri)
+    tracking = _tracking(target, read_only=True)
+    tracking.artifacts_root = options.get("mlflow_artifacts_root") or None
+    return MlflowSource(tracking, target.uri, options)
 
 
-def open_sink(parsed_uri: ParsedUri, options: dict[str, Any]):
+def open_sink(parsed_uri: ParsedUri, options: dict[str, Any], read_only: bool = False):
     from .sink import MlflowSink
 
-    target = resolve(parsed_uri, options)
-    sink = MlflowSink(_tracking(target), target.uri, options)
-    if options.get("mlflow_bulk") and not options.get("read_only"):
+    target = resolve(parsed_uri)
+    sink = MlflowSink(_tracking(target), target.uri, options, read_only=read_only)
+    if options.get("mlflow_bulk") and not read_only:
         sink.bulk = _bulk_store(target)
     return sink
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from trackport.core.errors import RunError, TransientError, UsageError
 
-from . import mapping as mp
+from .points import FLOAT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def stored_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, dtype=np.float64)
     is_nan = np.isnan(values)
     stored = np.where(is_nan, 0.0, values)
-    stored = np.where(np.isposinf(stored), mp.FLOAT_MAX, stored)
-    stored = np.where(np.isneginf(stored), -mp.FLOAT_MAX, stored)
+    stored = np.where(np.isposinf(stored), FLOAT_MAX, stored)
+    stored = np.where(np.isneginf(stored), -FLOAT_MAX, stored)
     return stored, is_nan
 
 

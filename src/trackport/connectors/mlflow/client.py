@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,15 +38,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import requests  # noqa: E402
 from requests.adapters import HTTPAdapter  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
+from mlflow.store.tracking.file_store import FileStore  # noqa: E402
 from mlflow.utils.file_utils import local_file_uri_to_path  # noqa: E402
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri  # noqa: E402
 
-from trackport.core.errors import RunError, TransientError  # noqa: E402
+from trackport.core.connector import check_output_folder, probe_write  # noqa: E402
+from trackport.core.errors import RunError, TransientError, UsageError  # noqa: E402
 from trackport.core.model import RunRef  # noqa: E402
-from trackport.core.retry import Backoff, parse_retry_after  # noqa: E402
+from trackport.core.retry import Backoff, parse_retry_after, request_timeout  # noqa: E402
 
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,13 @@ SEARCH_PAGE = 1_000
 ARTIFACT_REPOS_KEPT = 1_024   # as many as MLflow's own cache keeps
 
 _TRANSIENT_CODES = {
-    "INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
+    "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED",
     "DEADLINE_EXCEEDED", "ABORTED", "UNAVAILABLE",
 }
+# A server's INTERNAL_ERROR (HTTP 500) may pass; the same code raised inside this process
+# is MlflowException's default for any failure (an `mlflow-artifacts:/` URI with no server
+# to resolve it, mlflow/store/artifact/mlflow_artifacts_repo.py) and never passes.
+_SERVER_TRANSIENT_CODES = _TRANSIENT_CODES | {"INTERNAL_ERROR"}
 
 __all__ = ["Metric", "Param", "RunTag", "Tracking", "errors"]
 
@@ -89,15 +96,35 @@ def classify(exc: BaseException, project_id: str = "", run_id: str = "", file: s
     if isinstance(inner, TransientError):
         copy = TransientError(str(inner), retry_after=inner.retry_after, throttled=inner.throttled)
         copy.exhausted = inner.exhausted
+        copy.run_level = inner.run_level
         return copy
     if isinstance(inner, RunError):
         return RunError(inner.reason, project_id=project_id or inner.project_id,
                         run_id=run_id or inner.run_id, file=file or inner.file)
     if isinstance(exc, MlflowException):
         code = getattr(exc, "error_code", "") or ""
-        status = _status(exc)
-        if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
+        # A server's answer: RestException, or the text verify_rest_response makes of a
+        # body that is not JSON (mlflow/utils/rest_utils.py).
+        if isinstance(exc, RestException) or text.startswith("API request to"):
+            status = _status(exc)
+            if status == 429 or status >= 500 or code in _SERVER_TRANSIENT_CODES:
+                return TransientError(f"MLflow: {text}")
+        elif code in _TRANSIENT_CODES:       # raised here: only what says it may pass
             return TransientError(f"MLflow: {text}")
+        if "IntegrityError" in text and code != "RESOURCE_ALREADY_EXISTS":   # that one callers handle
+            # A unique key of the store broken: trackport's own writes are idempotent, so another
+            # writer inserted the same row between MLflow's check and its insert (MLflow's
+            # _log_params / _set_tags check, then insert; the SQL store wraps the database's
+            # error as BAD_REQUEST, mlflow/store/db/utils.py make_managed_session).  Asked again,
+            # MLflow finds the row and accepts an equal value.
+            return TransientError(f"MLflow: a concurrent writer: {text[:300]}")
+        if "must be in the 'active' state" in text:
+            # Another writer of the same origin lost its claim and deleted the run this one was
+            # resuming (mlflow/store/tracking/sqlalchemy_store.py _check_run_is_active): the
+            # retry asks the destination again and goes on with the run that stays.
+            deleted = TransientError(f"MLflow: the run was deleted by a concurrent writer: {text[:300]}")
+            deleted.run_level = True
+            return deleted
         return RunError(f"MLflow refused: {text}", project_id=project_id, run_id=run_id, file=file)
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                         ConnectionError, TimeoutError)):
@@ -139,9 +166,18 @@ class _SurfacingAdapter(HTTPAdapter):
 
     def _send_once(self, request, **kwargs):
         what = f"{request.method} {request.path_url.split('?')[0]}"
+        # MLflow passes its own 120 s (MLFLOW_HTTP_REQUEST_TIMEOUT) for connect and read alike;
+        # ours: --request-timeout, else that variable when the user set it, else 60 s, with a
+        # short connect timeout (docs/reliability.md).
+        kwargs["timeout"] = request_timeout(_mlflow_timeout_setting())
         try:
             response = super().send(request, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except requests.exceptions.Timeout as exc:
+            kind = "connecting" if isinstance(exc, requests.exceptions.ConnectTimeout) else "waiting for an answer"
+            raise TransientError(f"MLflow {what}: no answer ({kind} timed out after "
+                                 f"{kwargs['timeout'][0 if kind == 'connecting' else 1]:g}s; "
+                                 f"--request-timeout sets it)") from None
+        except requests.exceptions.ConnectionError as exc:
             raise TransientError(f"MLflow {what}: connection failed ({type(exc).__name__})") from None
         status = response.status_code
         if status in (408, 429) or status >= 500:
@@ -152,6 +188,15 @@ class _SurfacingAdapter(HTTPAdapter):
             raise TransientError(f"MLflow {what}: HTTP {status}{hint}{': ' + body if body else ''}",
                                  retry_after=wait, throttled=status in (429, 503) or wait is not None)
         return response
+
+
+def _mlflow_timeout_setting() -> float | None:
+    """MLFLOW_HTTP_REQUEST_TIMEOUT when the user set it (MLflow's own default is 120 s)."""
+    own = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "").strip()
+    try:
+        return float(own) if own else None
+    except ValueError:
+        return None
 
 
 def _backoff(endpoint: str) -> Backoff:
@@ -193,8 +238,21 @@ def _take_over_retries(tracking_uri: str, endpoint: str) -> None:
         _taken_over.add(key)
 
 
+class ArtifactsUnreachable(Exception):
+    """A run's `mlflow-artifacts:/` URI with no server or folder to resolve it."""
+
+    def __init__(self, artifact_uri: str):
+        super().__init__(artifact_uri)
+        self.artifact_uri = artifact_uri
+
+
 def is_missing(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def store_lock_dir(db: Path) -> Path:
+    """The lock folder beside a SQLite store or file store (core/claims.py): `.<name>.trackport-locks`."""
+    return db.with_name(f".{db.name}.trackport-locks")
 
 
 def _create_sqlite_store_atomically(db: Path) -> None:
@@ -202,29 +260,187 @@ def _create_sqlite_store_atomically(db: Path) -> None:
 
     MLflow creates a missing store's tables migration by migration; a process killed
     half-way leaves a file every later MLflow call refuses ("table ... already exists").
+    One process at a time creates (a lock beside the store); it first removes what a
+    process killed while creating left: its `.<name>.<pid>.creating` file and that
+    file's `-journal` (only files of processes that are gone).
     """
     if db.exists():
         return
+    from trackport.core.claims import file_lock
+    from trackport.core.scratch import _alive
+
     db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
-    tmp.unlink(missing_ok=True)
-    store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store
-    store.engine.dispose()
-    if db.exists():   # made meanwhile by another process: use theirs
-        tmp.unlink(missing_ok=True)
-    else:
+    with file_lock(store_lock_dir(db) / "create.lock", f"creating the MLflow store {db}"):
+        if db.exists():   # made meanwhile by another process: use theirs
+            return
+        prefix = f".{db.name}."
+        for old in db.parent.glob(f"{glob_escape(prefix)}*.creating*"):
+            pid = old.name[len(prefix):].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            log.info("removing %s, left by a process interrupted while creating the store", old)
+            old.unlink(missing_ok=True)
+        tmp = db.with_name(f"{prefix}{os.getpid()}.creating")
+        store = MlflowClient(tracking_uri=f"sqlite:///{tmp}")._tracking_client.store
+        store.engine.dispose()
         os.replace(tmp, db)
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+# -- reading a store without changing it ------------------------------------------------
+
+def head_revision() -> str:
+    """The schema revision this MLflow opens (alembic head)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def sqlite_revision(db: Path) -> str | None:
+    """`alembic_version` of a SQLite store, read through a read-only connection (None: no table)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "alembic_version" not in tables:
+            return None
+        found = [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+        return ", ".join(found) if found else None
+    finally:
+        conn.close()
+
+
+def snapshot_sqlite(db: Path, into: Path) -> Path:
+    """A private copy of a SQLite store made with SQLite's online backup API: consistent even
+    while a training writes, and the source is opened read-only (`mode=ro`)."""
+    import sqlite3
+
+    dst = into / "store.db"
+    src = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        out = sqlite3.connect(str(dst))
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+    finally:
+        src.close()
+    return dst
+
+
+def check_database_revision(db_uri: str, display_uri: str) -> None:
+    """A server database (PostgreSQL, MySQL...) read as a source must be at this MLflow's schema
+    head: MLflow would otherwise migrate it in place on open (SqlAlchemyStore.__init__ runs
+    every migration when a table of its head is missing), and a source is never changed."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+            if "alembic_version" not in tables:
+                raise UsageError(f"{display_uri} is not an MLflow store (no alembic_version table)")
+            found = [r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - driver errors of any dialect
+        raise UsageError(f"cannot read the MLflow store {display_uri}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    finally:
+        engine.dispose()
+    revision = ", ".join(found) or "none"
+    head = head_revision()
+    if revision != head:
+        raise UsageError(
+            f"the MLflow store {display_uri} is at schema revision {revision}, not {head} (the head of "
+            f"the installed MLflow); MLflow would migrate it in place on open, and trackport never "
+            f"changes a source. Fix: read a copy (dump and restore it into a scratch database, run "
+            f"`mlflow db upgrade <copy uri>` there, and point trackport at the copy), or run trackport "
+            f"with the MLflow version that wrote the store"
+        )
+
+
+class ReadOnlyFileStore(FileStore):
+    """MLflow's file store, read without writing to it.
+
+    MLflow's FileStore creates the root, a default experiment and `.trash` when missing
+    (FileStore.__init__ in mlflow/store/tracking/file_store.py), and finds a run only when its
+    `metrics/`, `params/` and `artifacts/` folders all exist (`_is_valid_run_directory`): a
+    store committed to git (which keeps no empty folder) loses runs it still lists.  Here a
+    missing folder is an empty one, and nothing is created."""
+
+    def __init__(self, root_directory: str):
+        super(FileStore, self).__init__()   # AbstractStore: skip FileStore's mkdirs
+        self.root_directory = root_directory
+        self.artifact_root_uri = Path(root_directory).as_uri()
+        self.trash_folder = os.path.join(root_directory, FileStore.TRASH_FOLDER_NAME)
+
+    def _get_deleted_experiments(self, full_path=False):
+        if not os.path.isdir(self.trash_folder):
+            return []
+        return super()._get_deleted_experiments(full_path)
+
+    def _is_valid_run_directory(self, run_dir):
+        parts = os.path.normpath(run_dir).split(os.sep)
+        if FileStore.ARTIFACTS_FOLDER_NAME in parts[:-1]:   # MLflow's own path-traversal guard
+            return False
+        return os.path.isfile(os.path.join(run_dir, FileStore.META_DATA_FILE_NAME))
+
+
+def _read_only_registry(root: str):
+    """MLflow's file-store model registry (`<root>/models`), read without its constructor's
+    mkdir; the caller reads it only when that folder exists."""
+    from mlflow.store.model_registry.file_store import FileStore as RegistryFileStore
+
+    class ReadOnlyRegistryFileStore(RegistryFileStore):
+        def __init__(self, root_directory: str):
+            super(RegistryFileStore, self).__init__()
+            self.root_directory = root_directory
+
+    return ReadOnlyRegistryFileStore(root)
+
+
+_READ_ONLY_FILE_SCHEME = "trackport-readonly-file"
+_registered = False
+
+
+def _read_only_file_uri(root: Path) -> str:
+    """A tracking URI MLflow resolves to `ReadOnlyFileStore` (a store plugin scheme, the way
+    MLflow's entry-point plugins register theirs)."""
+    global _registered
+    with _take_over_lock:
+        if not _registered:
+            from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+            _tracking_store_registry.register(
+                _READ_ONLY_FILE_SCHEME,
+                lambda store_uri, artifact_uri=None: ReadOnlyFileStore(store_uri.split(":", 1)[1]))
+            from mlflow.tracking._model_registry.utils import _get_store_registry
+
+            _get_store_registry().register(
+                _READ_ONLY_FILE_SCHEME, lambda store_uri, **_: _read_only_registry(store_uri.split(":", 1)[1]))
+            _registered = True
+    return f"{_READ_ONLY_FILE_SCHEME}:{root}"
 
 
 class Tracking:
     """One MLflow tracking store (server, SQL database or file store)."""
 
     def __init__(self, tracking_uri: str, display_uri: str, artifact_root: str | None = None,
-                 local_store: Path | None = None):
+                 local_store: Path | None = None, read_only: bool = False):
         self.tracking_uri = tracking_uri
         self.display_uri = display_uri
         self.artifact_root = artifact_root   # file:// root for experiments we create (SQL stores)
         self.local_store = local_store       # the SQLite file / mlruns directory, when local
+        self.read_only = read_only           # a source: its store is never written
+        self.notes: list[str] = []           # what the command report must say about the store
+        self._snapshot_dir: str | None = None
         self._client: MlflowClient | None = None
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()        # the experiment cache (held while the client is made)
@@ -243,10 +459,47 @@ class Tracking:
                 if self._client is None:
                     if self.is_server:
                         _take_over_retries(self.tracking_uri, self.endpoint)
+                    elif self.read_only and self.local_store is not None:
+                        self.tracking_uri = self._read_only_uri()
                     elif self.tracking_uri.startswith("sqlite:") and self.local_store is not None:
                         _create_sqlite_store_atomically(self.local_store)
                     self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
+
+    def _read_only_uri(self) -> str:
+        """Where MLflow reads a local source from, without touching it: a file store through
+        `ReadOnlyFileStore`; a SQLite store from a private copy in this process's scratch
+        folder (MLflow opens a SQLite store read-write, writes a default experiment when
+        there is none, and migrates an older schema in place), upgraded there when its
+        schema revision is not this MLflow's head."""
+        store = self.local_store
+        if not self.tracking_uri.startswith("sqlite:"):
+            return _read_only_file_uri(store)
+        self._snapshot_dir = tempfile.mkdtemp(prefix="trackport-mlflow-snapshot-")
+        weakref.finalize(self, shutil.rmtree, self._snapshot_dir, True)
+        import sqlite3
+
+        try:
+            copy = snapshot_sqlite(store, Path(self._snapshot_dir))
+            revision = sqlite_revision(copy)
+        except sqlite3.Error as exc:
+            raise UsageError(f"cannot read the MLflow store {store}: {exc}") from None
+        head = head_revision()
+        if revision is not None and revision != head:
+            import sqlalchemy
+            from mlflow.store.db.utils import _upgrade_db
+
+            engine = sqlalchemy.create_engine(f"sqlite:///{copy}")
+            try:
+                _upgrade_db(engine)
+            finally:
+                engine.dispose()
+            note = (f"the MLflow store {store} is at schema revision {revision}, older than this "
+                    f"MLflow's {head}: it was read from a private copy upgraded in trackport's scratch "
+                    f"folder; the store itself was not changed")
+            log.warning("%s", note)
+            self.notes.append(note)
+        return f"sqlite:///{copy}"
 
     def _call(self, what: str, fn, project_id: str = "", run_id: str = "", file: str | None = None):
         """`fn()` with MLflow's errors translated; against a server, transient failures are
@@ -257,6 +510,21 @@ class Tracking:
         ref = RunRef(project_id, run_id) if run_id else None
         return _backoff(self.endpoint).call(
             f"MLflow: {what}", lambda: self._classified(fn, project_id, run_id, file), ref, final=False)
+
+    def preflight(self, read_only: bool = False) -> None:
+        """The store is there and is one (docs/mlflow.md, "Before the first run"): a server
+        answers one experiments search, a SQLite file is a database in a writable folder, a
+        file store is a writable folder, a database URI has its SQLAlchemy dialect and driver."""
+        if self.is_server:
+            _probe_server(self)
+        elif self.tracking_uri.startswith("sqlite:") and self.local_store is not None:
+            _check_sqlite(self.local_store, self.display_uri, read_only)
+        elif self.local_store is not None:
+            check_output_folder(self.local_store, self.display_uri, read_only,
+                                "mlflow:./mlruns, or a database: "
+                                f"mlflow:sqlite:///{self.local_store}.db")
+        elif "://" in self.tracking_uri and not self.tracking_uri.startswith("databricks"):
+            _check_database(self.tracking_uri, self.display_uri)
 
     def exists(self) -> bool:
         """False for a local store that is not there yet (nothing to find, nothing to read)."""
@@ -313,12 +581,14 @@ class Tracking:
             self._experiments[name] = eid
             return eid
 
-    def experiments(self) -> list[Any]:
+    def experiments(self, deleted: bool = False) -> list[Any]:
+        """Active experiments (and deleted ones too when `deleted`)."""
         out = []
         token = None
+        view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
         while True:
             page = self._call("listing experiments", lambda: self.client.search_experiments(
-                view_type=ViewType.ACTIVE_ONLY, max_results=SEARCH_PAGE, page_token=token))
+                view_type=view, max_results=SEARCH_PAGE, page_token=token))
             out.extend(page)
             token = page.token
             if not token:
@@ -326,11 +596,14 @@ class Tracking:
 
     # -- runs --------------------------------------------------------------
 
-    def search_runs(self, experiment_ids: list[str], filter_string: str = "") -> Iterator[Any]:
+    def search_runs(self, experiment_ids: list[str], filter_string: str = "", deleted: bool = False
+                    ) -> Iterator[Any]:
+        """Active runs (and deleted ones too when `deleted`)."""
         token = None
+        view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
         while True:
             page = self._call("searching runs", lambda: self.client.search_runs(
-                experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                experiment_ids, filter_string=filter_string, run_view_type=view,
                 max_results=SEARCH_PAGE, page_token=token,
             ))
             yield from page
@@ -393,8 +666,24 @@ class Tracking:
         self._retried(f"log_batch to run {run_id}", lambda: self.store.log_batch(
             run_id=run_id, metrics=metrics, params=params, tags=tags))
 
+    def log_dataset_inputs(self, run_id: str, inputs: list[dict]) -> None:
+        """The run's dataset inputs, as `source_mapping.dataset_inputs_json` lists them.  MLflow
+        links a (name, digest) dataset to a run once, so a repeated call adds nothing."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        datasets = [DatasetInput(
+            Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"], source=d["source"],
+                    schema=d.get("schema"), profile=d.get("profile")),
+            tags=[InputTag(k, v) for k, v in sorted((d.get("tags") or {}).items())]) for d in inputs]
+        self._retried(f"logging the dataset inputs of run {run_id}",
+                      lambda: self.store.log_inputs(run_id, datasets=datasets))
+
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self._retried(f"tagging run {run_id}", lambda: self.store.set_tag(run_id, RunTag(key, value)))
+
+    def delete_run(self, run_id: str) -> None:
+        """Soft-delete a run (MLflow keeps it, hidden, until `mlflow gc`); already deleted is fine."""
+        self._retried(f"deleting run {run_id}", lambda: self.store.delete_run(run_id))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """Delete a tag; already gone (a lost answer to an earlier attempt) is fine."""
@@ -475,8 +764,88 @@ class Tracking:
             else:
                 yield info
 
+    def logged_models(self, experiment_id: str) -> list[Any]:
+        """MLflow 3 logged models of an experiment (none before MLflow 3's schema)."""
+        out: list[Any] = []
+        token = None
+        search = getattr(self.client, "search_logged_models", None)
+        if search is None:
+            return out
+        while True:
+            page = self._call("listing logged models", lambda: search(
+                experiment_ids=[experiment_id], max_results=SEARCH_PAGE, page_token=token))
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    # -- artifacts of a source's runs ------------------------------------------------
+    # A run logged through a tracking server whose store is read directly has artifact URIs
+    # `mlflow-artifacts:/<path>`, which only that server resolves (MlflowArtifactsRepository
+    # needs an http(s) tracking URI, mlflow/store/artifact/mlflow_artifacts_repo.py):
+    # `artifacts_root` is the server's --artifacts-destination folder or the server's URL.
+
+    artifacts_root: str | None = None
+
+    def _resolved(self, artifact_uri: str) -> tuple[str, str | None]:
+        """(artifact URI, tracking URI to resolve it against); ArtifactsUnreachable when none can."""
+        if not artifact_uri.startswith("mlflow-artifacts:") or self.is_server:
+            return artifact_uri, self.tracking_uri
+        root = (self.artifacts_root or "").strip()
+        if not root:
+            raise ArtifactsUnreachable(artifact_uri)
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(artifact_uri)
+        if root.startswith(("http://", "https://")):
+            return f"mlflow-artifacts:{parts.path}", root.rstrip("/")
+        base = Path(local_file_uri_to_path(root) if root.startswith("file:") else root).expanduser()
+        return (base.resolve() / parts.path.lstrip("/")).as_uri(), None
+
+    def run_artifact_repo(self, artifact_uri: str):
+        uri, tracking = self._resolved(artifact_uri)
+        if tracking is not None and tracking.startswith(("http://", "https://")) and tracking != self.tracking_uri:
+            _take_over_retries(tracking, self.endpoint)
+        return get_artifact_repository(uri, tracking_uri=tracking or self.tracking_uri)
+
+    def walk_run_artifacts(self, artifact_uri: str, path: str | None = None) -> Iterator[Any]:
+        """Every artifact file under a run's artifact URI, depth first, sorted."""
+        repo = self.run_artifact_repo(artifact_uri)
+
+        def walk(sub):
+            listed = self._retried(f"listing artifacts of {artifact_uri}", lambda: repo.list_artifacts(sub))
+            for info in sorted(listed, key=lambda i: i.path):
+                if info.is_dir:
+                    yield from walk(info.path)
+                else:
+                    yield info
+
+        yield from walk(path)
+
+    def download_run_artifact(self, artifact_uri: str, artifact_path: str, dst: Path) -> Path:
+        repo = self.run_artifact_repo(artifact_uri)
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self._retried(f"downloading {artifact_path} of {artifact_uri}",
+                                  lambda: repo.download_artifacts(artifact_path, str(dst))))
+
+    def upload_to(self, location: str, local_dir: Path) -> None:
+        """Upload the files under `local_dir` to the artifact location `location` (a model
+        version's files, outside any run's artifact repository cache)."""
+        repo = get_artifact_repository(location, tracking_uri=self.tracking_uri)
+        self._retried(f"uploading to {location}", lambda: repo.log_artifacts(str(local_dir)))
+
+    def has_registry(self) -> bool:
+        """False for a file store without a `models/` folder (no registered model; MLflow's
+        registry would create the folder)."""
+        if self.local_store is not None and self.local_store.is_dir():
+            return (self.local_store / "models").is_dir()
+        return True
+
     def local_artifact_dir(self, artifact_uri: str) -> Path | None:
         """The run's artifact directory when it is on this machine (no download needed)."""
+        if artifact_uri.startswith("mlflow-artifacts:") and not self.is_server:
+            uri, tracking = self._resolved(artifact_uri)
+            return Path(local_file_uri_to_path(uri)) if tracking is None else None
         if artifact_uri.startswith("file:"):
             return Path(local_file_uri_to_path(artifact_uri))
         if "://" not in artifact_uri and ":" not in artifact_uri.split("/", 1)[0]:
@@ -487,6 +856,148 @@ class Tracking:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self._retried(f"downloading {artifact_path} of run {run_id}",
                                   lambda: self.client.download_artifacts(run_id, artifact_path, str(dst))))
+
+
+PREFLIGHT_READ_S = 5.0
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """requests' ConnectionError for a connection that was never made (refused, unknown host)."""
+    from urllib3.exceptions import NewConnectionError
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, NewConnectionError):
+            return True
+        nxt = getattr(exc, "reason", None)
+        if nxt is None and exc.args and isinstance(exc.args[0], BaseException):
+            nxt = exc.args[0]
+        exc, seen = nxt, seen + 1
+    return False
+
+
+def _probe_server(tracking: Tracking) -> None:
+    """One GET experiments/search, not retried (a refused connection at the start means
+    nothing is there), with MLflow's own credentials and TLS settings."""
+    from trackport.core.errors import UsageError
+
+    url = f"{tracking.tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    shown = tracking.display_uri
+    creds = tracking.store.get_host_creds()
+    headers, auth = {}, None
+    if creds.token:
+        headers["Authorization"] = f"Bearer {creds.token}"
+    elif creds.username and creds.password:
+        auth = (creds.username, creds.password)
+    verify = False if creds.ignore_tls_verification else (creds.server_cert_path or True)
+    connect, read = request_timeout(_mlflow_timeout_setting())
+    timeout = (connect, min(read, PREFLIGHT_READ_S))   # a slow first answer is only a warning
+    try:
+        with requests.Session() as session:
+            response = session.get(url, params={"max_results": 1}, headers=headers, auth=auth,
+                                   verify=verify, cert=creds.client_cert_path, timeout=timeout)
+    except requests.exceptions.Timeout:
+        log.warning("MLflow server %s did not answer within %gs; going on (each run retries within "
+                    "--retry-max-seconds)", shown, timeout[1])
+        return
+    except requests.exceptions.SSLError as exc:
+        raise UsageError(f"MLflow server {shown}: TLS failed ({type(exc).__name__}); fix: "
+                         f"MLFLOW_TRACKING_SERVER_CERT_PATH, or MLFLOW_TRACKING_INSECURE_TLS=true") from None
+    except requests.exceptions.ConnectionError as exc:
+        if not _never_connected(exc):   # connected, then cut off: the runs' retries decide
+            log.warning("MLflow server %s dropped a first check (%s); going on (each run retries "
+                        "within --retry-max-seconds)", shown, type(exc).__name__)
+            return
+        raise UsageError(f"nothing answers at {shown} (connection refused or host unknown); nothing "
+                         f"was moved. Fix: start the MLflow server (mlflow server --host ... --port ...) "
+                         f"or correct the URI") from None
+    status = response.status_code
+    if status in (401, 403):
+        raise UsageError(f"MLflow server {shown} refused the credentials (HTTP {status}); fix: set "
+                         f"MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+    if status in (408, 429) or status >= 500:
+        log.warning("MLflow server %s answered HTTP %d to a first check; going on (each run retries "
+                    "within --retry-max-seconds)", shown, status)
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if status != 200 or not isinstance(body, dict):
+        kind = response.headers.get("Content-Type", "?").split(";")[0]
+        raise UsageError(f"{shown} answers (HTTP {status}, {kind}) but is not an MLflow tracking server; "
+                         f"fix: point at the server's base URL, as given to `mlflow server`")
+
+
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite(db: Path, shown: str, read_only: bool) -> None:
+    from trackport.core.errors import UsageError
+
+    if db.is_dir():
+        raise UsageError(f"{shown}: {db} is a folder, not a SQLite file; fix: name a .db file "
+                         f"(mlflow:sqlite:///{db / 'mlflow.db'}) or use the folder as a file store "
+                         f"(mlflow:{db})")
+    if db.exists():
+        try:
+            with open(db, "rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise UsageError(f"{shown}: cannot read {db} ({exc.strerror or type(exc).__name__})") from None
+        if head and head != _SQLITE_MAGIC:
+            raise UsageError(f"{shown}: {db} is not a SQLite database; fix: name a new file or an "
+                             f"MLflow SQLite store")
+    if read_only:
+        return
+    if not db.parent.exists():
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{shown}: cannot create folder {db.parent} ({exc.strerror or type(exc).__name__}); "
+                             f"fix: choose a path you can write to") from None
+    try:
+        # SQLite writes its journal next to the database: the folder must take files too.
+        probe_write(db.parent)
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"{shown}: cannot write {db} ({exc.strerror or type(exc).__name__}); fix: choose "
+                         f"a file in a folder you can write to") from None
+
+
+def _check_database(uri: str, shown: str) -> None:
+    """The SQLAlchemy dialect and its driver are there (connecting is left to the first run)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from trackport.core.errors import UsageError
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        name = uri.split("://", 1)[0]
+        hint = " (write postgresql://, not postgres://)" if name.lower().startswith("postgres+") or \
+            name.lower() == "postgres" else ""
+        raise UsageError(f"{shown}: SQLAlchemy knows no database kind {name!r}{hint}; fix: use "
+                         f"postgresql://, mysql://, mssql:// or sqlite:///") from None
+    except ArgumentError:
+        raise UsageError(f"{shown}: not a database URL; fix: e.g. mlflow:postgresql://USER@HOST/DB") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = getattr(exc, "name", None) or str(exc)
+        package = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                   "pymysql": "pymysql", "pyodbc": "pyodbc"}.get(module, module)
+        raise UsageError(f"{shown}: SQLAlchemy's {url.drivername} driver needs the Python module "
+                         f"{module!r}, which is not installed; fix: pip install '{package}', or name a "
+                         f"driver you have in the URI (postgresql+psycopg2://, mysql+pymysql://)") from None
+
+
 
 
 def _safe(name: str) -> str:

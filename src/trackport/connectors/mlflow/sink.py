@@ -1,4 +1,4 @@
-"""MLflow sink: canonical runs -> MLflow runs (see DESIGN.md and mapping.py)."""
+"""MLflow sink: canonical runs -> MLflow runs (docs/mlflow.md; the pure mapping: see mapping.py)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.core.connector import RunPlan, RunWriter, Sink
-from trackport.core.errors import RunError, TransientError
+from trackport.core.errors import RunError, RunScoped, TransientError
+from trackport.core.files import materialise
 from trackport.core.model import DestRun, Origin, RunRef
 from trackport.core.schema import DEST_STEP, FILE_TYPES, PARAM_TYPES, SERIES_TYPES, VALUE_COLUMN
 from trackport.core.steps import StepConverter
 
-from . import mapping as mp
+from .artifacts import (
+    ArtifactLayout, file_artifact, file_artifacts, long_param_artifact, long_param_pointer,
+    series_artifact,
+)
+from .batching import (
+    MAX_BATCH_BYTES, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, HeldBatch, batches,
+    entry_size, json_size,
+)
 from .client import Metric, Param, RunTag, Tracking, errors
+from .keys import STATUSES, STATUS_PATH, KeyMap, is_run_attribute, sanitize_key
+from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
+from .mapping import CAPABILITIES
+from .registry import is_registry_project
+from .registry_sink import RegistryWriter, Versions
+from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_points
+from .tags import (
+    MAX_RUN_NAME_LENGTH, TAG_COMPLETE, TAG_MULTIPLIER, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN,
+    TAG_ORIGIN_URI, TAG_PARENT, TAG_SOURCE_VERSION, TAG_USER, experiment_name as _experiment_name,
+    search_value, tag_plan,
+)
+from .source_mapping import DATASETS_PATH, dataset_inputs_from_json
+from .values import MAX_PARAM_LENGTH, ms_from_datetime, param_text, step_texts
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +54,37 @@ _SERIES_TYPES = pa.array(sorted(SERIES_TYPES), pa.string())
 _FILE_TYPES = pa.array(sorted(FILE_TYPES), pa.string())
 
 
-class _Known:
-    __slots__ = ("run_id", "complete", "start_time", "version")
+def _layout(scan) -> tuple[KeyMap, ArtifactLayout]:
+    """The MLflow keys and the artifact layout of a run, from its scan alone (deterministic:
+    a resumed load and `plan` compute the same)."""
+    params = {p for p, (t, _) in scan.values.items() if not is_run_attribute(p, t)}
+    paths = params | set(scan.series) | {f[0] for f in scan.files}
+    metrics = {p for p, stats in scan.series.items() if stats.attribute_type == "float_series"}
+    keys = KeyMap(sorted(paths), params=params, metrics=metrics)
+    text_series = [p for p, stats in scan.series.items()
+                   if stats.attribute_type in ("string_series", "histogram_series")]
+    return keys, ArtifactLayout.of_scan(keys, text_series, scan.files)
 
-    def __init__(self, run_id: str, complete: bool, start_time: int = 0, version: str | None = None):
+
+class _Known:
+    __slots__ = ("run_id", "complete", "start_time", "version", "others")
+
+    def __init__(self, run_id: str, complete: bool, start_time: int = 0, version: str | None = None,
+                 others: tuple[str, ...] = ()):
         self.run_id = run_id
         self.complete = complete
         self.start_time = start_time
         self.version = version
+        self.others = others   # more MLflow runs of the same origin (duplicates)
 
 
 class MlflowSink(Sink):
-    capabilities = mp.CAPABILITIES
+    capabilities = CAPABILITIES
     bulk = None  # --mlflow-bulk: a bulk.BulkStore, set by open_sink
 
-    def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any]):
+    def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any], read_only: bool = False):
         self.tracking = tracking
+        self.read_only = read_only
         self.uri = uri
         self.options = options
         self._lock = threading.Lock()
@@ -58,12 +94,17 @@ class MlflowSink(Sink):
         self._pending_parents: dict[str, tuple[str, Origin]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
+        self.registry = Versions(self)   # registered model versions (project mlflow-registry/<model>)
+
+    # What a run writer asks of its sink (MlflowRunWriter calls nothing else of it): search,
+    # search_all and remember (the runs of an origin), parent_run, wait_for_parent and committed
+    # (fork parents), request_pool.
 
     # -- finding runs ----------------------------------------------------------
 
     def experiment_name(self, project_id: str) -> str:
         try:
-            return mp.experiment_name(self.options.get("mlflow_experiment"), project_id)
+            return _experiment_name(self.options.get("mlflow_experiment"), project_id)
         except ValueError as exc:
             raise RunError(str(exc), project_id=project_id) from None
 
@@ -80,35 +121,47 @@ class MlflowSink(Sink):
                 got = self._index.get(cache_key)
             if got is not None:
                 return got
-            found = self._search(experiment_id, origin_uri)
+            found = self.search(experiment_id, origin_uri)
             with self._lock:
                 self._index[cache_key] = found
             return found
 
-    def _search(self, experiment_id: str, origin_uri: str, run_id: str | None = None
-                ) -> dict[tuple[str, str], _Known]:
-        quoted = mp.search_value(origin_uri)
-        flt = f'tags."{mp.TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{mp.TAG_ORIGIN_URI}" != \'\''
-        quoted_run = mp.search_value(run_id) if run_id is not None else None
-        if quoted_run:
-            flt += f' and tags."{mp.TAG_ORIGIN_RUN}" = {quoted_run}'
+    def search(self, experiment_id: str, origin_uri: str, run_id: str | None = None
+               ) -> dict[tuple[str, str], _Known]:
+        """The run kept for each (project, run id) loaded from `origin_uri` (and `run_id`), asked
+        of the store now (not the cache)."""
         found: dict[tuple[str, str], _Known] = {}
+        for key, runs in self.search_all(experiment_id, origin_uri, run_id).items():
+            # Should there ever be two (a deleted run restored, writers racing on other machines),
+            # the complete one, then the oldest, then the lowest id is used, and the others are
+            # named so that copy and verify report them (never a silent pick).
+            runs.sort(key=_rank)
+            keep = runs[0]
+            keep.others = tuple(k.run_id for k in runs[1:])
+            if keep.others:
+                log.warning("MLflow runs %s were all loaded from run %s/%s",
+                            ", ".join(k.run_id for k in runs), key[0], key[1])
+            found[key] = keep
+        return found
+
+    def search_all(self, experiment_id: str, origin_uri: str, run_id: str | None = None
+                   ) -> dict[tuple[str, str], list[_Known]]:
+        """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id)."""
+        quoted = search_value(origin_uri)
+        flt = f'tags."{TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{TAG_ORIGIN_URI}" != \'\''
+        quoted_run = search_value(run_id) if run_id is not None else None
+        if quoted_run:
+            flt += f' and tags."{TAG_ORIGIN_RUN}" = {quoted_run}'
+        every: dict[tuple[str, str], list[_Known]] = {}
         for run in self.tracking.search_runs([experiment_id], flt):
             tags = run.data.tags
-            if tags.get(mp.TAG_ORIGIN_URI) != origin_uri:
+            if tags.get(TAG_ORIGIN_URI) != origin_uri:
                 continue
-            key = (tags.get(mp.TAG_ORIGIN_PROJECT, ""), tags.get(mp.TAG_ORIGIN_RUN, ""))
-            known = _Known(run.info.run_id, tags.get(mp.TAG_COMPLETE) == "true", run.info.start_time or 0,
-                           tags.get(mp.TAG_SOURCE_VERSION))
-            prev = found.get(key)
-            # Should there ever be two, prefer the complete one, then the oldest (deterministic).
-            if prev is not None:
-                keep, other = (known, prev) if _rank(known) < _rank(prev) else (prev, known)
-                log.warning("MLflow runs %s and %s were both loaded from run %s/%s; using %s",
-                            keep.run_id, other.run_id, key[0], key[1], keep.run_id)
-            if prev is None or _rank(known) < _rank(prev):
-                found[key] = known
-        return found
+            key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
+            every.setdefault(key, []).append(
+                _Known(run.info.run_id, tags.get(TAG_COMPLETE) == "true", run.info.start_time or 0,
+                       tags.get(TAG_SOURCE_VERSION)))
+        return every
 
     def _lookup(self, origin: Origin, create_experiment: bool) -> tuple[str | None, _Known | None]:
         name = self.experiment_name(origin.project_id)
@@ -117,35 +170,89 @@ class MlflowSink(Sink):
             return None, None
         return eid, self._runs_of(eid, origin.uri).get((origin.project_id, origin.run_id))
 
-    def _remember(self, experiment_id: str, origin: Origin, known: _Known) -> None:
+    def remember(self, experiment_id: str, origin: Origin, known: _Known) -> None:
+        """Cache `known` as the MLflow run of `origin` (a run created, completed or lost to
+        another writer)."""
         runs = self._runs_of(experiment_id, origin.uri)
         with self._lock:
             runs[(origin.project_id, origin.run_id)] = known
 
+    def claim_dir(self) -> Path | None:
+        """Beside a SQLite store or a file store (every process on this machine takes turns);
+        for a server or a database, per user on this machine (other machines: `_claim`)."""
+        store = self.tracking.local_store
+        if store is not None:
+            from .client import store_lock_dir
+
+            return store_lock_dir(store)
+        return super().claim_dir()
+
+    def forget(self, origin: Origin) -> None:
+        if is_registry_project(origin.project_id):
+            return   # model versions are always asked of the store
+        if not self.tracking.exists():
+            return
+        eid = self.tracking.experiment_id(self.experiment_name(origin.project_id), create=False)
+        if eid is None:
+            return
+        key = (origin.project_id, origin.run_id)
+        known = self.search(eid, origin.uri, origin.run_id).get(key)
+        runs = self._runs_of(eid, origin.uri)
+        with self._lock:
+            if known is None:
+                runs.pop(key, None)
+            else:
+                runs[key] = known
+
     def find_run(self, origin: Origin) -> DestRun | None:
+        if is_registry_project(origin.project_id):
+            return self.registry.find_run(origin)
+        found = self.find_loaded_run(origin)
+        if found is None or not found.complete:   # moving in this command: a model version waits
+            self.registry.moving(origin)
+        return found
+
+    def find_loaded_run(self, origin: Origin) -> DestRun | None:
         if not self.tracking.exists():
             return None
         eid, known = self._lookup(origin, create_experiment=False)
         if known is None:
             return None
         return DestRun(known.run_id, known.complete, self.tracking.run_url(eid, known.run_id), known.run_id,
-                       known.version)
+                       known.version, known.others)
+
+    def preflight(self, read_only: bool = False) -> None:
+        self.tracking.preflight(read_only or self.read_only)
+
+    def expected_view(self, table: pa.Table) -> pa.Table:
+        """Declared and not undone on reading: a metric point's negative timestamp is sent as
+        0 ms (`timestamp_filled`), which reads back as no timestamp."""
+        ts = table.column("timestamp")
+        if not ts.null_count == len(ts):
+            negative = pc.fill_null(pc.and_(pc.equal(table.column("attribute_type"), "float_series"),
+                                            pc.less(pc.cast(ts, pa.int64()), 0)), False)
+            if pc.any(negative).as_py():
+                fixed = pc.if_else(negative, pa.scalar(None, ts.type), ts)
+                table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", fixed)
+        return table
 
     # -- writing ---------------------------------------------------------------
 
     def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
-        if self.options.get("read_only"):
+        if self.read_only:
             raise RunError("this MLflow sink was opened read-only", project_id=plan.origin.project_id,
                            run_id=plan.origin.run_id)
         origin = plan.origin
+        if is_registry_project(origin.project_id):
+            return RegistryWriter(self, self.registry, plan, resume)
         eid, known = self._lookup(origin, create_experiment=True)
         assert eid is not None
         if resume is None and known is None:
             # The cache may be older than a run another process created: ask once more, for
             # this run only, so that one origin never gets two MLflow runs.
-            known = self._search(eid, origin.uri, origin.run_id).get((origin.project_id, origin.run_id))
+            known = self.search(eid, origin.uri, origin.run_id).get((origin.project_id, origin.run_id))
             if known is not None:
-                self._remember(eid, origin, known)
+                self.remember(eid, origin, known)
         run_id = resume.id if resume is not None else (known.run_id if known is not None else None)
         writer = MlflowRunWriter(self, plan, eid)
         writer.start(run_id)
@@ -168,14 +275,25 @@ class MlflowSink(Sink):
     def describe_plan(self, plan: RunPlan) -> list[str]:
         """Predict, from the scan alone, what writing this run would transform (nothing is written)."""
         scan, report = plan.scan, plan.report
-        paths = set(scan.values) | set(scan.series) | {f[0] for f in scan.files}
-        for path, info in mp.KeyMap(sorted(paths)).items():
+        if is_registry_project(plan.origin.project_id):
+            return self.registry.describe_plan(plan)
+        try:
+            keys, layout = _layout(scan)
+        except ValueError as exc:
+            raise RunError(str(exc), project_id=plan.origin.project_id, run_id=plan.origin.run_id) from None
+        for path, info in keys.items():
             if info.sanitized:
                 report.transformed("key_sanitized", 1, f"{path} -> {info.key}")
             if info.renamed:
                 report.transformed("key_collision_renamed", 1, f"{path} -> {info.key}")
+        for path, root in sorted(layout.renamed.items()):
+            report.transformed("file_path_collision_renamed", 1, f"{path} -> {root}")
+        if scan.value("sys/name") == "":
+            report.transformed("run_name_from_id", 1, "sys/name")
         for path, (attribute_type, value) in scan.values.items():
-            if value is not None and len(mp.param_text(attribute_type, value)) > mp.MAX_PARAM_LENGTH:
+            if is_run_attribute(path, attribute_type):
+                continue
+            if value is not None and len(param_text(attribute_type, value)) > MAX_PARAM_LENGTH:
                 report.transformed("param_to_artifact", 1, path)
         for path, stats in scan.series.items():
             if stats.attribute_type in ("string_series", "histogram_series"):
@@ -187,22 +305,25 @@ class MlflowSink(Sink):
 
     # -- fork parents ----------------------------------------------------------
 
-    def _parent_run(self, experiment_id: str, parent: Origin) -> str | None:
+    def parent_run(self, experiment_id: str, parent: Origin) -> str | None:
+        """The MLflow run id of a fork parent, when it is loaded already."""
         eid, known = self._lookup(parent, create_experiment=False)
         return known.run_id if known is not None else None
 
-    def _wait_for_parent(self, child_run_id: str, experiment_id: str, parent: Origin) -> None:
+    def wait_for_parent(self, child_run_id: str, experiment_id: str, parent: Origin) -> None:
+        """Link `child_run_id` to `parent` when the parent is committed, or at close."""
         with self._lock:
             self._pending_parents[child_run_id] = (experiment_id, parent)
 
-    def _committed(self, experiment_id: str, origin: Origin, run_id: str) -> None:
+    def committed(self, experiment_id: str, origin: Origin, run_id: str) -> None:
         """A run became complete: link the children that were waiting for it."""
+        self.registry.settled(origin)
         with self._lock:
             waiting = [child for child, (_, parent) in self._pending_parents.items() if parent == origin]
         for child in waiting:
             try:
                 with errors():
-                    self.tracking.set_tag(child, mp.TAG_PARENT, run_id)
+                    self.tracking.set_tag(child, TAG_PARENT, run_id)
             except (RunError, TransientError) as exc:
                 log.warning("could not link MLflow run %s to its parent %s: %s", child, run_id, exc)
                 continue
@@ -214,7 +335,7 @@ class MlflowSink(Sink):
         store, however many runs are open (runs and requests spread over the same workers)."""
         with self._lock:
             if self._pool is None:
-                size = self.options.get("request_workers") or self.options.get("workers") or 4
+                size = self.options.get("workers") or 4
                 self._pool_size = max(1, int(size))
                 self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="trackport-mlflow")
             return self._pool, self._pool_size
@@ -234,17 +355,17 @@ class MlflowSink(Sink):
             self._index.clear()
         for child, (eid, parent) in pending.items():
             try:
-                parent_id = self._parent_run(eid, parent)
+                parent_id = self.parent_run(eid, parent)
                 if parent_id is not None:
                     with errors():
-                        self.tracking.set_tag(child, mp.TAG_PARENT, parent_id)
+                        self.tracking.set_tag(child, TAG_PARENT, parent_id)
                     with self._lock:
                         self._pending_parents.pop(child, None)
             except (RunError, TransientError) as exc:
                 log.warning("could not link MLflow run %s to its parent: %s", child, exc)
 
 
-class MlflowRunWriter(RunWriter):
+class MlflowRunWriter(RunScoped, RunWriter):
     bulk = None  # --mlflow-bulk: a bulk.BulkRun taking the prepared metric points (see _write_metrics)
 
     def __init__(self, sink: MlflowSink, plan: RunPlan, experiment_id: str):
@@ -256,27 +377,28 @@ class MlflowRunWriter(RunWriter):
         self.experiment_id = experiment_id
         self.project_id = plan.origin.project_id
         self.source_run = plan.origin.run_id
+        self.err_run = plan.origin
         scan = plan.scan
         self.multiplier = plan.steps.multiplier if plan.steps is not None else 1
         self._converter = plan.steps or StepConverter(1)
-        paths = set(scan.values) | set(scan.series) | {f[0] for f in scan.files}
-        self.keys = mp.KeyMap(sorted(paths))
-        self.manifest = mp.Manifest(self.origin.uri, self.project_id, self.source_run, self.multiplier)
-        self.tags, self._tag_hits = mp.tag_plan(scan.values)
+        try:
+            self.keys, self.layout = _layout(scan)
+        except ValueError as exc:
+            raise self._err(str(exc)) from None
+        self.manifest = Manifest(self.origin.uri, self.project_id, self.source_run, self.multiplier)
+        self.tags, self._tag_hits = tag_plan(scan.values)
         self._pool, self._workers = sink.request_pool()
         self._futures: set[Future] = set()
-        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-", dir=plan.options.get("tmp_dir")))
+        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-"))
         self._spools: dict[str, Path] = {}
         # Params and points wait in one held batch until the next would not fit (or the
         # completion mark takes them along): small runs need one log_batch in all.
-        self._held_metrics: list[Any] = []
-        self._held_params: list[Any] = []
-        self._held_bytes = 0
+        self._held = HeldBatch()
         self._sent_params: dict[str, str] = {}
         self._existing_params: dict[str, str] = {}
-        self._uploaded: set[str] = set()
+        self._uploaded: dict[str, str | None] = {}   # artifact -> the source file it holds
         self._counted: set[tuple[str, str]] = set()
-        self._point_index: dict[str, mp.PointIndex] = {}
+        self._point_index: dict[str, PointIndex] = {}
         self._fixes: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._resumed = False
         self._resumed_metrics: set[str] = set()
@@ -289,9 +411,6 @@ class MlflowRunWriter(RunWriter):
         self._closed = False
 
     # -- helpers ----------------------------------------------------------------
-
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.project_id, run_id=self.source_run, file=file)
 
     def _guard(self, fn: Callable, *args) -> Callable[[], None]:
         def call():
@@ -311,7 +430,7 @@ class MlflowRunWriter(RunWriter):
         for fut in wait(futures).done:
             fut.result()
 
-    def _count(self, kind: str, n: int, example: str | None, entry: mp.AttributeEntry | None = None) -> None:
+    def _count(self, kind: str, n: int, example: str | None, entry: AttributeEntry | None = None) -> None:
         if n <= 0:
             return
         self.report.transformed(kind, n, example)
@@ -322,11 +441,11 @@ class MlflowRunWriter(RunWriter):
         self._n_local += 1
         return self._n_local
 
-    def _entry(self, path: str, attribute_type: str, kind: str) -> mp.AttributeEntry:
+    def _entry(self, path: str, attribute_type: str, kind: str) -> AttributeEntry:
         entry = self.manifest.attributes.get(path)
         if entry is not None:
             return entry
-        info = self.keys.info(path)
+        info = self.keys.info(path, param=kind == "param", metric=kind == "metric")
         entry = self.manifest.entry(path, attribute_type, kind, info.key)
         if info.sanitized:
             self._count("key_sanitized", 1, path, entry)
@@ -340,10 +459,10 @@ class MlflowRunWriter(RunWriter):
         scan = self.plan.scan
         self.run_name = self._run_name(scan.value("sys/name"))
         base_tags = {
-            mp.TAG_ORIGIN_URI: self.origin.uri,
-            mp.TAG_ORIGIN_PROJECT: self.project_id,
-            mp.TAG_ORIGIN_RUN: self.source_run,
-            mp.TAG_MULTIPLIER: str(self.multiplier),
+            TAG_ORIGIN_URI: self.origin.uri,
+            TAG_ORIGIN_PROJECT: self.project_id,
+            TAG_ORIGIN_RUN: self.source_run,
+            TAG_MULTIPLIER: str(self.multiplier),
         }
         for kind, examples in sorted(self._tag_hits.items()):
             for example in examples:
@@ -354,9 +473,9 @@ class MlflowRunWriter(RunWriter):
         try:
             if parent not in (None, ""):
                 parent_origin = Origin(self.origin.uri, self.project_id, str(parent))
-                parent_id = self.sink._parent_run(self.experiment_id, parent_origin)
+                parent_id = self.sink.parent_run(self.experiment_id, parent_origin)
                 if parent_id is not None:
-                    own.append(RunTag(mp.TAG_PARENT, parent_id))
+                    own.append(RunTag(TAG_PARENT, parent_id))
             if run_id is not None:
                 self._resume(run_id)
                 later = own + [RunTag(k, v) for k, v in base_tags.items()]
@@ -366,19 +485,21 @@ class MlflowRunWriter(RunWriter):
                     start = _ms(scan.first_timestamp)
                 # A new run gets its tags with the create (one request fewer per run) when they
                 # fit in one batch; MLflow checks them as it checks log_batch's.
-                with_create = len(own) + len(base_tags) <= mp.MAX_PARAMS_TAGS_PER_BATCH
+                with_create = len(own) + len(base_tags) <= MAX_PARAMS_TAGS_PER_BATCH
                 create_tags = {**base_tags, **{t.key: t.value for t in own}} if with_create else base_tags
+                if TAG_USER in self.tags:   # MLflow's create_run takes the run's user_id from it
+                    create_tags[TAG_USER] = self.tags[TAG_USER]
                 run = self.tracking.create_run(self.experiment_id, start, self.run_name, create_tags,
                                                self.project_id, self.source_run,
                                                existing=self._created_meanwhile)
                 self.run_id = run.info.run_id
-                self.sink._remember(self.experiment_id, self.origin,
+                self.sink.remember(self.experiment_id, self.origin,
                                     _Known(self.run_id, False, run.info.start_time or 0))
                 later = [] if with_create else own
             if parent_origin is not None and parent_id is None:
-                self.sink._wait_for_parent(self.run_id, self.experiment_id, parent_origin)
-            sizes = [mp.entry_size(t.key, t.value) for t in later]
-            for batch in mp.batches(later, sizes, mp.MAX_PARAMS_TAGS_PER_BATCH):
+                self.sink.wait_for_parent(self.run_id, self.experiment_id, parent_origin)
+            sizes = [entry_size(t.key, t.value) for t in later]
+            for batch in batches(later, sizes, MAX_PARAMS_TAGS_PER_BATCH):
                 with errors(self.project_id, self.source_run):
                     self.tracking.log_batch(self.run_id, tags=batch)
         except BaseException:
@@ -388,7 +509,7 @@ class MlflowRunWriter(RunWriter):
     def _created_meanwhile(self) -> Any | None:
         """This origin's MLflow run, should an earlier create_run attempt whose answer was lost
         have made it (asked before every retry of the create)."""
-        known = self.sink._search(self.experiment_id, self.origin.uri, self.source_run).get(
+        known = self.sink.search(self.experiment_id, self.origin.uri, self.source_run).get(
             (self.project_id, self.source_run))
         if known is None:
             return None
@@ -403,11 +524,17 @@ class MlflowRunWriter(RunWriter):
             raise self._err(f"MLflow run {run_id} to resume cannot be read: {exc.reason}") from None
         tags = run.data.tags
         if run.info.lifecycle_stage != "active":
-            raise self._err(f"MLflow run {run_id} to resume is deleted; restore or purge it first")
-        if tags.get(mp.TAG_ORIGIN_RUN, self.source_run) != self.source_run:
+            # A search never offers a deleted run: this one was deleted since it was found, by a
+            # concurrent writer of the same origin that lost its claim (_claim). Look again.
+            self.sink.forget(self.origin)
+            deleted = TransientError(f"run {self.project_id}/{self.source_run}: MLflow run {run_id} was "
+                                     f"deleted by a concurrent writer after it was found; looking again")
+            deleted.run_level = True
+            raise deleted
+        if tags.get(TAG_ORIGIN_RUN, self.source_run) != self.source_run:
             raise self._err(f"MLflow run {run_id} was loaded from another run "
-                            f"({tags.get(mp.TAG_ORIGIN_RUN)!r}); refusing to mix them")
-        old = tags.get(mp.TAG_MULTIPLIER)
+                            f"({tags.get(TAG_ORIGIN_RUN)!r}); refusing to mix them")
+        old = tags.get(TAG_MULTIPLIER)
         if old is not None and old != str(self.multiplier):
             raise self._err(
                 f"MLflow run {run_id} was partly written with step multiplier {old}, this load "
@@ -417,28 +544,28 @@ class MlflowRunWriter(RunWriter):
         self.run_id = run_id
         self._resumed = True
         self._existing_params = dict(run.data.params)
-        if tags.get(mp.TAG_COMPLETE) is not None:
+        if tags.get(TAG_COMPLETE) is not None:
             # Rewriting a complete run: it is not complete again until this commit.
             with errors(self.project_id, self.source_run):
-                self.tracking.delete_tag(run_id, mp.TAG_COMPLETE)
+                self.tracking.delete_tag(run_id, TAG_COMPLETE)
         self._rename = run.info.run_name != self.run_name
         self._resumed_metrics = set(run.data.metrics)
 
-    def _existing_points(self, key: str) -> mp.PointIndex:
+    def _existing_points(self, key: str) -> PointIndex:
         index = self._point_index.get(key)
         if index is None:
             parts = []
             if key in self._resumed_metrics:
                 with errors(self.project_id, self.source_run):
                     for page in self.tracking.metric_history(self.run_id, key):
-                        parts.append(mp.point_identity(
+                        parts.append(point_identity(
                             np.fromiter((m.step for m in page), np.int64, len(page)),
                             np.fromiter((m.timestamp for m in page), np.int64, len(page)),
                             np.fromiter((m.value for m in page), np.float64, len(page)),
                         ))
-            ids = np.concatenate(parts) if parts else mp.point_identity(
+            ids = np.concatenate(parts) if parts else point_identity(
                 np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-            index = self._point_index[key] = mp.PointIndex(ids)
+            index = self._point_index[key] = PointIndex(ids)
         return index
 
     # -- write -------------------------------------------------------------------
@@ -493,26 +620,19 @@ class MlflowRunWriter(RunWriter):
 
         for i, (path, attribute_type) in enumerate(zip(paths, types)):
             value = values(VALUE_COLUMN[attribute_type])[i]
-            if path.startswith("sys/"):
-                self._seen[path] = value
+            if is_run_attribute(path, attribute_type):
+                self._run_value(path, attribute_type, value)
+                continue
             entry = self._entry(path, attribute_type, "param")
             if value is None:
                 entry.null = True
                 text = ""
             else:
-                text = mp.param_text(attribute_type, value)
+                text = param_text(attribute_type, value)
             key = entry.key
-            if len(text) > mp.MAX_PARAM_LENGTH:
-                artifact = mp.long_param_artifact(key)
-                entry.artifact = artifact
-                if (path, "param_to_artifact") not in self._counted:
-                    self._counted.add((path, "param_to_artifact"))
-                    self._count("param_to_artifact", 1, path, entry)
-                local = self._tmp / "params" / f"{self._next()}.txt"
-                local.parent.mkdir(parents=True, exist_ok=True)
-                local.write_text(text, encoding="utf-8")
-                self._upload(local, artifact, is_dir=False, count=False)
-                text = mp.long_param_pointer(artifact)
+            if len(text) > MAX_PARAM_LENGTH:
+                self._param_artifact(path, key, entry, text, "param_to_artifact")
+                text = long_param_pointer(entry.artifact)
             sent = self._sent_params.get(key)
             if sent is not None:
                 if sent != text:
@@ -521,39 +641,50 @@ class MlflowRunWriter(RunWriter):
             self._sent_params[key] = text
             existing = self._existing_params.get(key)
             if existing is not None:
-                if existing != text:
-                    raise self._err(
-                        f"MLflow run {self.run_id} already has param {key!r} = {existing[:80]!r}, "
-                        f"the source now says {text[:80]!r}; MLflow cannot change a param: delete "
-                        f"the MLflow run to load it again"
-                    )
+                if existing != text and not entry.artifact:
+                    # a grown source run's new value: the param keeps the old text (MLflow
+                    # params are write-once) and trackport reads the new one from the artifact
+                    self._param_artifact(path, key, entry, text, "param_changed_to_artifact")
                 continue
-            self._hold(params=[Param(key, text)], size=mp.entry_size(key, text))
+            self._hold(params=[Param(key, text)], size=entry_size(key, text))
 
-    def _fits(self, metrics: int, params: int, tags: int, size: int) -> bool:
-        """Would the held batch, with this much more, still be one valid log_batch?"""
-        metrics += len(self._held_metrics)
-        params += len(self._held_params)
-        return (metrics <= mp.MAX_METRICS_PER_BATCH and params <= mp.MAX_PARAMS_TAGS_PER_BATCH
-                and tags <= mp.MAX_PARAMS_TAGS_PER_BATCH
-                and metrics + params + tags <= mp.MAX_ENTITIES_PER_BATCH
-                and self._held_bytes + size <= mp.MAX_BATCH_BYTES)
+    def _param_artifact(self, path: str, key: str, entry: AttributeEntry, text: str, kind: str) -> None:
+        """Store a param's whole text as artifact trackport/params/<key>.txt (read back from there)."""
+        entry.artifact = long_param_artifact(key)
+        if (path, kind) not in self._counted:
+            self._counted.add((path, kind))
+            self._count(kind, 1, path, entry)
+        local = self._tmp / "params" / f"{self._next()}.txt"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(text, encoding="utf-8")
+        self._upload(local, entry.artifact, is_dir=False, count=False)
+
+    def _run_value(self, path: str, attribute_type: str, value: Any) -> None:
+        """A run-level value: MLflow's own fields and tags hold it (set from the scan at the
+        start and the end of the run), and the manifest keeps it exactly, never a param."""
+        self._seen[path] = value
+        text = None if value is None else param_text(attribute_type, value)
+        entry = self.manifest.attributes.get(path)
+        if entry is None:
+            entry = self.manifest.entry(path, attribute_type, "run", "")
+        elif (entry.type, entry.value, entry.null) != (attribute_type, text, value is None):
+            raise self._err(f"attribute {path!r} has two different values in one run")
+        entry.value = text
+        entry.null = value is None
+        # A run an older trackport began wrote this value as a param, which MLflow cannot
+        # delete: the manifest accounts for it, so it does not read back as an extra.
+        legacy = sanitize_key(path)
+        if self._existing_params.get(legacy) == ("" if text is None else text):
+            entry.key = legacy
 
     def _hold(self, metrics: list = (), params: list = (), size: int = 0) -> None:
-        if not self._fits(len(metrics), len(params), 0, size):
+        if not self._held.fits(len(metrics), len(params), 0, size):
             self._send_held()
-        self._held_metrics.extend(metrics)
-        self._held_params.extend(params)
-        self._held_bytes += size
-
-    def _take_held(self) -> tuple[list, list]:
-        metrics, params = self._held_metrics, self._held_params
-        self._held_metrics, self._held_params, self._held_bytes = [], [], 0
-        return metrics, params
+        self._held.add(metrics, params, size)
 
     def _send_held(self) -> None:
-        if self._held_metrics or self._held_params:
-            self._submit(self.tracking.log_batch, self.run_id, *self._take_held(), ())
+        if self._held:
+            self._submit(self.tracking.log_batch, self.run_id, *self._held.take(), ())
 
     def _write_metrics(self, table: pa.Table) -> None:
         n = table.num_rows
@@ -584,7 +715,7 @@ class MlflowRunWriter(RunWriter):
         for kind, mask, flag in (("timestamp_filled", bad_ts, "null_timestamps"),
                                  ("step_filled", ~step_valid, "null_steps"),
                                  ("inf_to_float_max", infs, "inf"),
-                                 (None, np.abs(values) == mp.FLOAT_MAX, "float_max")):
+                                 (None, np.abs(values) == FLOAT_MAX, "float_max")):
             if mask.any():
                 counts = np.bincount(codes[mask], minlength=npaths)
                 for j in np.nonzero(counts)[0]:
@@ -602,8 +733,8 @@ class MlflowRunWriter(RunWriter):
             last = int(valid_ts.max())
             self._last_ms = last if self._last_ms is None else max(self._last_ms, last)
         send = np.ones(n, dtype=bool)
-        ident = mp.point_identity(steps, ts, values)
-        repeated = mp.repeated_points(codes, ident)
+        ident = point_identity(steps, ts, values)
+        repeated = repeated_points(codes, ident)
         if repeated.any():
             for j in np.unique(codes[repeated]).tolist():
                 rows = repeated & (codes == j)
@@ -622,8 +753,8 @@ class MlflowRunWriter(RunWriter):
             return
         key_array = np.array(keys, dtype=object)[codes[send]]
         values, ts, steps = values[send], ts[send], steps[send]
-        per = max(mp.json_size(k) for k in keys) + 90
-        chunk = max(1, min(mp.MAX_METRICS_PER_BATCH, mp.MAX_BATCH_BYTES // per))
+        per = max(json_size(k) for k in keys) + 90
+        chunk = max(1, min(MAX_METRICS_PER_BATCH, MAX_BATCH_BYTES // per))
         for i in range(0, len(key_array), chunk):   # Metric objects one request at a time: bounded memory
             end = i + chunk
             metrics = [Metric(k, v, t, s) for k, v, t, s in zip(
@@ -633,7 +764,7 @@ class MlflowRunWriter(RunWriter):
     def _write_series(self, table: pa.Table) -> None:
         paths = table.column("attribute_path").to_pylist()
         types = table.column("attribute_type").to_pylist()
-        step_text = mp.step_texts(table.column("step"))
+        step_text = step_texts(table.column("step"))
         ts_col = pc.cast(table.column("timestamp"), pa.int64()).to_pylist()
         strings = table.column("string_value").to_pylist() if "string_series" in types else None
         hists = table.column("histogram_value").to_pylist() if "histogram_series" in types else None
@@ -658,7 +789,7 @@ class MlflowRunWriter(RunWriter):
             entry = self._entry(path, types_by_path[path], "series")
             spool = self._spools.get(path)
             if spool is None:
-                entry.artifact = mp.series_artifact(entry.key)
+                entry.artifact = series_artifact(entry.key)
                 self._count("series_to_artifact", 1, path, entry)
                 spool = self._spools[path] = self._tmp / "series" / f"{len(self._spools)}.jsonl"
                 spool.parent.mkdir(parents=True, exist_ok=True)
@@ -669,7 +800,7 @@ class MlflowRunWriter(RunWriter):
         paths = table.column("attribute_path").to_pylist()
         types = table.column("attribute_type").to_pylist()
         files = table.column("file_value").to_pylist()
-        steps = mp.step_texts(table.column("step"))
+        steps = step_texts(table.column("step"))
         ts_col = pc.cast(table.column("timestamp"), pa.int64()).to_pylist()
         for path, attribute_type, cell, step, ts in zip(paths, types, files, steps, ts_col):
             source = cell.get("path") if cell else None
@@ -678,46 +809,40 @@ class MlflowRunWriter(RunWriter):
                 continue
             entry = self._entry(path, attribute_type, "file")
             local = self._local_file(source)
-            if attribute_type == "file_set":
-                if not local.is_dir():
-                    raise self._err(f"file_set {path!r} does not point at a directory", file=source)
-                artifact = entry.key
-            elif local.is_dir():
+            if attribute_type == "file_set" and not local.is_dir():
+                raise self._err(f"file_set {path!r} does not point at a directory", file=source)
+            if attribute_type != "file_set" and local.is_dir():
                 raise self._err(f"{attribute_type} {path!r} points at a directory", file=source)
-            elif attribute_type == "file":
-                artifact, added = mp.file_artifact(entry.key, source)
-                if added and (path, "ext") not in self._counted:
-                    self._counted.add((path, "ext"))
-                    self._count("file_extension_added", 1, path, entry)
-            elif attribute_type == "file_series":
-                artifact = mp.file_series_artifact(entry.key, step, source)
-            else:  # artifact: a files_list.json
-                artifact = mp.file_in_dir_artifact(entry.key, source)
+            try:
+                root = self.layout.place(path, attribute_type, entry.key, [(step, source)])
+                artifact = file_artifacts(attribute_type, root, [(step, source)])[0]
+                self.layout.check(path, artifact)
+            except ValueError as exc:
+                raise self._err(str(exc), file=source) from None
+            entry.key = root
+            if path in self.layout.renamed and (path, "renamed") not in self._counted:
+                self._counted.add((path, "renamed"))
+                self._count("file_path_collision_renamed", 1, f"{path} -> {root}", entry)
+            if attribute_type == "file" and file_artifact(root, source)[1] \
+                    and (path, "ext") not in self._counted:
+                self._counted.add((path, "ext"))
+                self._count("file_extension_added", 1, path, entry)
             entry.files.append([step, ts, source, artifact])
-            self._upload(local, artifact, is_dir=attribute_type == "file_set")
+            self._upload(local, artifact, is_dir=attribute_type == "file_set", source=source)
 
     def _local_file(self, source: str) -> Path:
-        files = self.plan.files
-        try:
-            local = files.local_path(source)
-            if local is None:
-                target = self._tmp / "files" / str(self._next()) / (Path(source).name or "file")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with files.open(source) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                local = target
-        except (FileNotFoundError, ValueError, IsADirectoryError, PermissionError) as exc:
-            raise self._err(f"cannot read file: {exc}", file=source) from None
-        local = Path(local)
-        if not local.exists():
-            raise self._err("file not found", file=source)
-        return local
+        return materialise(self.plan.files, source, self._tmp / "files", self._err)
 
-    def _upload(self, local: Path, artifact: str, is_dir: bool, count: bool = True) -> None:
+    def _upload(self, local: Path, artifact: str, is_dir: bool, count: bool = True,
+                source: str | None = None) -> None:
         """Upload in the pool; `count` the source's files (not trackport's own artifacts)."""
         if artifact in self._uploaded:
+            sent = self._uploaded[artifact]
+            if sent != source:   # never a silent skip: the layout keeps attributes apart
+                raise self._err(f"files {sent!r} and {source!r} both map to artifact {artifact!r}",
+                                file=source)
             return
-        self._uploaded.add(artifact)
+        self._uploaded[artifact] = source
         if not count:
             self._submit(self.tracking.upload_file, self.run_id, local, artifact)
         elif is_dir:
@@ -753,20 +878,22 @@ class MlflowRunWriter(RunWriter):
                 fix_values = np.concatenate([c[2] for c in chunks])
                 keep = (fix_values == 0) | entry.float_max
                 entry.fixes = [list(f) for f in zip(fix_steps[keep].tolist(), fix_ts[keep].tolist(),
-                                                    mp.fix_texts(fix_values[keep]))]
+                                                    fix_texts(fix_values[keep]))]
             manifest = self._tmp / "attributes.json"
             manifest.write_text(self.manifest.dumps(), encoding="utf-8")
             # The manifest and the run's end go out with the last data requests (nothing reads
             # them before the mark); only the completion mark waits for every answer.
-            self._upload_internal(manifest, mp.MANIFEST_PATH)
+            self._upload_internal(manifest, MANIFEST_PATH)
+            self._log_dataset_inputs()
             self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
                          self._new_name())
-            marks = [RunTag(mp.TAG_COMPLETE, "true")]
+            marks = [RunTag(TAG_COMPLETE, "true")]
             if self.plan.source_version is not None:
-                marks.insert(0, RunTag(mp.TAG_SOURCE_VERSION, self.plan.source_version))
-            if not self._fits(0, 0, len(marks), sum(mp.entry_size(t.key, t.value) for t in marks)):
+                marks.insert(0, RunTag(TAG_SOURCE_VERSION, self.plan.source_version))
+            if not self._held.fits(tags=len(marks), size=sum(entry_size(t.key, t.value) for t in marks)):
                 self._send_held()
             self._drain()
+            self._claim()
             with errors(self.project_id, self.source_run):
                 # The last held data, the source version and the completion mark go in one
                 # request once every other answer is in.  That is safe because MLflow's
@@ -775,25 +902,68 @@ class MlflowRunWriter(RunWriter):
                 # https://github.com/mlflow/mlflow/blob/master/mlflow/store/tracking/sqlalchemy_store.py
                 # (SqlAlchemyStore.log_batch); a retried batch is idempotent (_log_metrics skips
                 # points already stored, an equal param is accepted).
-                self.tracking.log_batch(self.run_id, *self._take_held(), marks)
+                self.tracking.log_batch(self.run_id, *self._held.take(), marks)
         except BaseException:
             self.abort()
             raise
         self._cleanup()
-        self.sink._remember(self.experiment_id, self.origin,
+        self.sink.remember(self.experiment_id, self.origin,
                             _Known(self.run_id, True, version=self.plan.source_version))
-        self.sink._committed(self.experiment_id, self.origin, self.run_id)
+        self.sink.committed(self.experiment_id, self.origin, self.run_id)
         return DestRun(self.run_id, True, self.tracking.run_url(self.experiment_id, self.run_id), self.run_id)
+
+    def _log_dataset_inputs(self) -> None:
+        """String `mlflow/inputs/datasets` (what the MLflow source reads from `run.inputs`) as
+        the run's MLflow dataset inputs; its exact text stays in the manifest."""
+        text = self._seen.get(DATASETS_PATH, self.plan.scan.value(DATASETS_PATH))
+        if text is None:
+            return
+        inputs = dataset_inputs_from_json(text)
+        if inputs is None:
+            self._count("dataset_inputs_not_logged", 1, DATASETS_PATH)
+            return
+        if inputs:
+            self._submit(self.tracking.log_dataset_inputs, self.run_id, inputs)
+
+    def _claim(self) -> None:
+        """Before the completion mark, against a server or a database other machines may write
+        too (a local store is claimed by a lock, core/claims.py): is ours the one run of this
+        origin?  Another writer's run wins when it is complete, or partial with a lower run id;
+        then ours is deleted and the run is retried, resuming (or skipping) the winner.  Both
+        sides decide on what the store holds at that moment, so of writers that check while the
+        others' runs exist exactly one goes on; docs/reliability.md says what remains."""
+        if self.tracking.local_store is not None:
+            return
+        runs = self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
+            (self.project_id, self.source_run), [])
+        winner = next((k for k in sorted(runs, key=lambda k: (not k.complete, k.run_id))
+                       if k.run_id != self.run_id and (k.complete or k.run_id < self.run_id)), None)
+        if winner is None:
+            return
+        log.warning("run %s/%s: another process wrote MLflow run %s for it at the same time; deleting "
+                    "ours (%s) and going on with that one", self.project_id, self.source_run,
+                    winner.run_id, self.run_id)
+        with errors(self.project_id, self.source_run):
+            self.tracking.delete_run(self.run_id)
+        self.sink.remember(self.experiment_id, self.origin, winner)
+        raise TransientError(f"run {self.project_id}/{self.source_run}: another process wrote MLflow run "
+                             f"{winner.run_id} for it at the same time; ours ({self.run_id}) was deleted, "
+                             f"going on with {winner.run_id}")
 
     def _upload_internal(self, local: Path, artifact: str) -> None:
         self._submit(self.tracking.upload_file, self.run_id, local, artifact)
 
     def _status(self) -> str:
+        status = self._seen.get(STATUS_PATH, self.plan.scan.value(STATUS_PATH))
+        if status in STATUSES:   # a foreign MLflow run's KILLED, RUNNING...
+            return status
         failed = self._seen.get("sys/failed", self.plan.scan.value("sys/failed"))
         return "FAILED" if failed is True else "FINISHED"
 
     def _end_time(self) -> int | None:
         end = _ms(self._seen.get("sys/modification_time", self.plan.scan.value("sys/modification_time")))
+        if end is None and self._status() in ("RUNNING", "SCHEDULED"):
+            return None   # an MLflow run that has not ended has no end time
         if end is None:
             end = _ms(self.plan.scan.last_timestamp)
             if self._last_ms is not None:
@@ -801,11 +971,13 @@ class MlflowRunWriter(RunWriter):
         return end
 
     def _run_name(self, name: Any, count: bool = True) -> str:
+        if name == "" and count:
+            self._count("run_name_from_id", 1, "sys/name")
         text = str(name) if name not in (None, "") else self.source_run
-        if len(text) > mp.MAX_RUN_NAME_LENGTH:
+        if len(text) > MAX_RUN_NAME_LENGTH:
             if count:
                 self._count("run_name_truncated", 1, "sys/name")
-            text = text[: mp.MAX_RUN_NAME_LENGTH]
+            text = text[: MAX_RUN_NAME_LENGTH]
         return text
 
     def _new_name(self) -> str | None:
@@ -816,6 +988,7 @@ class MlflowRunWriter(RunWriter):
         return self.run_name if self._rename else None
 
     def abort(self) -> None:
+        self.sink.registry.settled(self.origin)
         if self._closed:
             return
         for fut in self._futures:
@@ -839,6 +1012,6 @@ def _rank(known: _Known) -> tuple:
 
 def _ms(value: Any) -> int | None:
     try:
-        return mp.ms_from_datetime(value)
+        return ms_from_datetime(value)
     except TypeError:
         return None

@@ -4,22 +4,26 @@ Runs trackport wrote (origin tags + `trackport/attributes.json`) are decoded
 with their manifest, so they come back as the canonical rows they were made
 from, under their origin project and run ids.  Any other run ("foreign") maps
 as: run name -> sys/name, start/end time -> sys/creation_time /
-sys/modification_time, status FAILED -> sys/failed, mlflow.note.content ->
-sys/description, mlflow.parentRunId -> sys/forking/parent, params -> string
-attributes, metrics -> float_series (full history), tags with an empty value
+sys/modification_time, status FAILED -> sys/failed (KILLED, RUNNING, SCHEDULED
+also -> string mlflow/status), mlflow.note.content -> sys/description,
+mlflow.parentRunId -> sys/forking/parent, params -> string attributes (named
+`mlflow/params/<key>` when the key would read back as a run field or a tag),
+metrics -> float_series (full history), tags with an empty value
 -> sys/tags, other tags -> string `mlflow/tags/<key>`, artifacts -> file
-attributes at their artifact path.
+attributes at their artifact path.  Registered model versions follow the runs, as runs of
+project `mlflow-registry/<model>` (registry_source.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -29,13 +33,25 @@ import numpy as np
 import pyarrow as pa
 
 from trackport.core.connector import FileAccess, Source
-from trackport.core.errors import RunError
+from trackport.core.errors import RunError, RunScoped
 from trackport.core.model import RunRef, Selection
 from trackport.core.schema import SCHEMA, STEP_SCALE, TIMESTAMP_TYPE, VALUE_COLUMN, rows_to_table
 from trackport.core.steps import decimal_steps
 
-from . import mapping as mp
-from .client import Tracking, errors, is_missing
+from . import source_mapping as sm
+from .artifacts import ARTIFACT_DIR
+from .client import ArtifactsUnreachable, Tracking, errors, is_missing
+from .keys import FOREIGN_TAG_PREFIX, STATUSES, STATUS_PATH, foreign_metric_path, foreign_param_path
+from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
+from .mapping import CAPABILITIES
+from .points import copies_per_point, restore_values, unscaled_from_dest
+from .registry import is_registry_project
+from .registry_source import RegistryLocator, RegistryReader
+from .tags import (
+    RESERVED_TAGS, TAG_NOTE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_PARENT, TRACKPORT_TAG_PREFIX,
+    search_value,
+)
+from .values import datetime_from_ms, param_value
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +67,7 @@ class Locator:
     run_id: str            # MLflow run id
     experiment_id: str = ""
     experiment_name: str = ""
+    deleted: bool = False  # the run, or its experiment, is deleted (moved with --include-deleted)
 
 
 def _mlflow_id(ref: RunRef) -> str | None:
@@ -63,42 +80,161 @@ def _mlflow_id(ref: RunRef) -> str | None:
 
 
 class MlflowSource(Source):
-    capabilities = mp.CAPABILITIES
+    capabilities = CAPABILITIES
 
     def __init__(self, tracking: Tracking, uri: str, options: dict[str, Any] | None = None):
         self.tracking = tracking
         self.uri = uri
         self.options = dict(options or {})
         self._lock = threading.Lock()
-        self._manifests: OrderedDict[str, mp.Manifest | None] = OrderedDict()
+        self._manifests: OrderedDict[str, Manifest | None] = OrderedDict()
         self._tmp: Path | None = None
         self._finalizer = None
         self._downloads: dict[str, threading.Lock] = {}
+        self.include_deleted = bool(self.options.get("include_deleted"))
+        self._left_out: Counter = Counter()       # deleted runs not moved: kind -> count
+        self._run_notes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._experiments: dict[str, Any] = {}
+        self._models: dict[str, dict[str, list]] = {}   # experiment id -> source run id -> models
+        self._model_by_id: dict[str, Any] = {}
+        local = tracking.local_store
+        self._file_root = local if local is not None and local.is_dir() else None
+        self.registry = RegistryReader(self)
+
+    # -- what the report says -------------------------------------------------------
+
+    def source_notes(self) -> list[str]:
+        notes = list(self.tracking.notes)
+        left = self._left_out
+        total = sum(left.values())
+        if total:
+            trash = left.get("trash_active", 0)
+            extra = (f", {trash} of them in experiments under mlruns/.trash whose meta.yaml still says "
+                     f"active" if trash else "")
+            notes.append(f"{total} deleted MLflow run(s) not moved (deleted runs and runs of deleted "
+                         f"experiments{extra}): pass --include-deleted to move them (marked sys/trashed)")
+        return notes
+
+    def _note(self, project_id: str, run_id: str, warning: str | None = None,
+              drop: tuple[str, int, str] | None = None) -> None:
+        with self._lock:
+            notes = self._run_notes.setdefault((project_id, run_id), {"warnings": [], "drops": {}})
+            if warning and warning not in notes["warnings"]:
+                notes["warnings"].append(warning)
+            if drop is not None:
+                notes["drops"][drop[0]] = (drop[1], drop[2])
+
+    def account(self, run: RunRef, report) -> None:
+        with self._lock:
+            notes = self._run_notes.get((run.project_id, run.run_id), {"warnings": [], "drops": {}})
+        for warning in notes["warnings"]:
+            report.warn(warning)
+        for kind, (count, example) in sorted(notes["drops"].items()):
+            report.dropped(kind, count, example)
+
+    # -- experiments ------------------------------------------------------------------
+
+    def _in_trash(self, experiment_id: str) -> bool:
+        """A file store experiment under `.trash` is deleted whatever its meta.yaml says (old
+        MLflow versions moved it there without rewriting `lifecycle_stage`)."""
+        root = self._file_root
+        return (root is not None and (root / ".trash" / str(experiment_id)).is_dir()
+                and not (root / str(experiment_id)).is_dir())
+
+    def _experiment(self, experiment_id: str):
+        with self._lock:
+            got = self._experiments.get(experiment_id)
+        if got is None:
+            with errors():
+                got = self.tracking.client.get_experiment(experiment_id)
+            with self._lock:
+                self._experiments[experiment_id] = got
+        return got
+
+    def _experiment_deleted(self, exp) -> bool:
+        return exp.lifecycle_stage == "deleted" or self._in_trash(exp.experiment_id)
+
+    def models_of(self, run) -> list:
+        """MLflow 3 logged models this run logged (their files live outside the run's artifacts)."""
+        eid = run.info.experiment_id
+        with self._lock:
+            by_run = self._models.get(eid)
+        if by_run is None:
+            by_run = {}
+            try:
+                models = self.tracking.logged_models(eid)
+            except RunError as exc:
+                log.debug("no logged models listed for experiment %s: %s", eid, exc)
+                models = []
+            for model in models:
+                by_run.setdefault(model.source_run_id or "", []).append(model)
+            with self._lock:
+                self._models[eid] = by_run
+                for model in models:
+                    self._model_by_id[model.model_id] = model
+        return sorted(by_run.get(run.info.run_id, []), key=lambda m: m.model_id)
+
+    def model_local(self, model_id: str, rel: str) -> Path:
+        with self._lock:
+            model = self._model_by_id.get(model_id)
+        if model is None:   # files opened before the run was read in this process
+            try:
+                with errors(file=rel):
+                    model = self.tracking.client.get_logged_model(model_id)
+            except RunError:
+                raise FileNotFoundError(f"{sm.MODEL_PREFIX}{model_id}") from None
+            with self._lock:
+                self._model_by_id[model_id] = model
+        base = self.tracking.local_artifact_dir(model.artifact_location)
+        if base is not None:
+            local = base / rel
+            if not local.exists():
+                raise FileNotFoundError(rel)
+            return local
+        dst = self._tmpdir() / "models" / model_id
+        target = dst / rel
+        if target.exists():
+            return target
+        with errors(file=rel):
+            return self.tracking.download_run_artifact(model.artifact_location, rel, dst)
 
     # -- listing ---------------------------------------------------------------
 
     def _ids(self, run, experiment_name: str) -> tuple[str, str]:
         tags = run.data.tags
-        if mp.TAG_ORIGIN_RUN in tags and mp.TAG_ORIGIN_PROJECT in tags:
-            return tags[mp.TAG_ORIGIN_PROJECT], tags[mp.TAG_ORIGIN_RUN]
+        if TAG_ORIGIN_RUN in tags and TAG_ORIGIN_PROJECT in tags:
+            return tags[TAG_ORIGIN_PROJECT], tags[TAG_ORIGIN_RUN]
         return experiment_name, run.info.run_id
 
     def list_runs(self, select: Selection) -> Iterator[RunRef]:
         if not self.tracking.exists():
             return
-        experiments = sorted(self.tracking.experiments(), key=lambda e: (e.name, e.experiment_id))
+        # Deleted experiments and runs are listed too: moved with --include-deleted, else counted.
+        self._left_out.clear()
+        experiments = sorted(self.tracking.experiments(deleted=True), key=lambda e: (e.name, e.experiment_id))
         listed = []
         for exp in experiments:
             if select.projects and exp.name not in select.projects:
                 continue
-            runs = sorted(self.tracking.search_runs([exp.experiment_id]),
+            with self._lock:
+                self._experiments[exp.experiment_id] = exp
+            exp_deleted = self._experiment_deleted(exp)
+            runs = sorted(self.tracking.search_runs([exp.experiment_id], deleted=True),
                           key=lambda r: (r.info.start_time or 0, r.info.run_id))
-            listed.extend((exp, run) for run in runs)
+            for run in runs:
+                deleted = exp_deleted or run.info.lifecycle_stage == "deleted"
+                if deleted and not self.include_deleted:
+                    if select.wants_run(exp.name, run.info.run_id):
+                        kind = "trash_active" if (self._in_trash(exp.experiment_id)
+                                                  and exp.lifecycle_stage != "deleted") else "deleted"
+                        self._left_out[kind] += 1
+                    continue
+                listed.append((exp, run, deleted))
         # A run's own ids (experiment name, MLflow id) are taken first; a run trackport
         # wrote claims its origin's ids only when no other run holds them already
         # (e.g. a copy of a foreign run loaded back into the same server keeps its own ids).
-        taken = {(exp.name, run.info.run_id) for exp, run in listed}
-        for exp, run in listed:
+        taken = {(exp.name, run.info.run_id) for exp, run, _ in listed}
+        for exp, run, deleted in listed:
             project, run_id = self._ids(run, exp.name)
             own = (exp.name, run.info.run_id)
             if (project, run_id) != own:
@@ -108,18 +244,24 @@ class MlflowSource(Source):
                     taken.add((project, run_id))
             if not (select.wants_run(project, run_id) or select.wants_run(exp.name, run_id)):
                 continue
-            yield RunRef(project, run_id, Locator(run.info.run_id, exp.experiment_id, exp.name))
+            yield RunRef(project, run_id, Locator(run.info.run_id, exp.experiment_id, exp.name, deleted))
+        # Registered model versions, after every run (a destination links each to its run).
+        yield from self.registry.list_entries(select)
+
+    def _is_registry(self, ref: RunRef) -> bool:
+        return isinstance(ref.locator, RegistryLocator) or (
+            is_registry_project(ref.project_id) and not isinstance(ref.locator, (Locator, str)))
 
     def _resolve(self, ref: RunRef) -> str:
         mlflow_id = _mlflow_id(ref)
         if mlflow_id is not None:
             return mlflow_id
-        for exp in self.tracking.experiments():
+        for exp in self.tracking.experiments(deleted=self.include_deleted):
             flt = None
-            quoted = mp.search_value(ref.run_id)
+            quoted = search_value(ref.run_id)
             if quoted:
-                flt = f'tags."{mp.TAG_ORIGIN_RUN}" = {quoted}'
-            for run in self.tracking.search_runs([exp.experiment_id], flt or ""):
+                flt = f'tags."{TAG_ORIGIN_RUN}" = {quoted}'
+            for run in self.tracking.search_runs([exp.experiment_id], flt or "", deleted=self.include_deleted):
                 if self._ids(run, exp.name) == (ref.project_id, ref.run_id):
                     return run.info.run_id
         try:
@@ -138,25 +280,24 @@ class MlflowSource(Source):
     def _tmpdir(self) -> Path:
         with self._lock:
             if self._tmp is None:
-                self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-src-",
-                                                  dir=self.options.get("tmp_dir")))
+                self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-src-"))
                 self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
             return self._tmp
 
-    def _manifest(self, run) -> mp.Manifest | None:
+    def _manifest(self, run) -> Manifest | None:
         run_id = run.info.run_id
         with self._lock:
             if run_id in self._manifests:
                 self._manifests.move_to_end(run_id)
                 return self._manifests[run_id]
         manifest = None
-        if mp.TAG_ORIGIN_RUN in run.data.tags:
-            text = self._read_text(run, mp.MANIFEST_PATH, missing_ok=True)
+        if TAG_ORIGIN_RUN in run.data.tags:
+            text = self._read_text(run, MANIFEST_PATH, missing_ok=True)
             if text is not None:
                 try:
-                    manifest = mp.Manifest.loads(text)
+                    manifest = Manifest.loads(text)
                 except ValueError as exc:
-                    raise RunError(f"unreadable {mp.MANIFEST_PATH}: {exc}",
+                    raise RunError(f"unreadable {MANIFEST_PATH}: {exc}",
                                    run_id=run_id) from None
         with self._lock:
             self._manifests[run_id] = manifest
@@ -175,7 +316,10 @@ class MlflowSource(Source):
 
     def _artifact_local(self, run, artifact: str) -> Path:
         """A local path of one artifact (file or directory), downloading when it is remote."""
-        base = self.tracking.local_artifact_dir(run.info.artifact_uri)
+        try:
+            base = self.tracking.local_artifact_dir(run.info.artifact_uri)
+        except ArtifactsUnreachable as exc:
+            raise RunError(unreachable_message(exc.artifact_uri), run_id=run.info.run_id, file=artifact) from None
         if base is not None:
             local = base / artifact
             if not local.exists():
@@ -193,7 +337,7 @@ class MlflowSource(Source):
     def _download(self, run, artifact: str, dst: Path) -> Path:
         try:
             with errors(run_id=run.info.run_id, file=artifact):
-                return self.tracking.download(run.info.run_id, artifact, dst)
+                return self.tracking.download_run_artifact(run.info.artifact_uri, artifact, dst)
         except RunError as exc:
             if isinstance(exc.__cause__, Exception) and (
                     is_missing(exc.__cause__) or isinstance(exc.__cause__, FileNotFoundError)
@@ -202,6 +346,8 @@ class MlflowSource(Source):
             raise
 
     def files(self, run: RunRef) -> FileAccess:
+        if self._is_registry(run):
+            return self.registry.files(run)
         mlflow_id = self._resolve(run)
         with errors(run.project_id, run.run_id):
             mlrun = self.tracking.client.get_run(mlflow_id)
@@ -211,7 +357,28 @@ class MlflowSource(Source):
 
     # -- reading -----------------------------------------------------------------
 
+    def run_version(self, run: RunRef) -> str | None:
+        """A digest of what one `get_run` says of the run: status, end time, params, tags and
+        each metric's latest point (step, timestamp, value): a training logging new steps,
+        ending or being tagged changes it; nothing of the metric history is read.  A registry
+        entry (a model version) has none: once complete in the destination it is skipped."""
+        if self._is_registry(run):
+            return None
+        mlflow_id = self._resolve(run)
+        with errors(run.project_id, run.run_id):   # not Tracking.get_run: no artifact repository
+            mlrun = self.tracking.client.get_run(mlflow_id)
+        info, data = mlrun.info, mlrun.data
+        latest = getattr(data, "_metric_objs", None)
+        metrics = sorted((m.key, m.step, m.timestamp, repr(m.value)) for m in latest) if latest is not None \
+            else sorted((k, repr(v)) for k, v in data.metrics.items())
+        state = [info.status, info.end_time, info.lifecycle_stage, sorted(data.params.items()),
+                 sorted(data.tags.items()), metrics]
+        return hashlib.blake2b(json.dumps(state, default=str).encode(), digest_size=12).hexdigest()
+
     def read_run(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
+        if self._is_registry(run):
+            yield from self.registry.read(run, select)
+            return
         mlflow_id = self._resolve(run)
         with errors(run.project_id, run.run_id):
             mlrun = self.tracking.client.get_run(mlflow_id)
@@ -235,6 +402,14 @@ class MlflowFiles(FileAccess):
         self.mapping = mapping
         self.ref = ref
 
+    def _unprefixed(self, path: str) -> str:
+        """The artifact path of a foreign run's file, named `<MLflow run id>/<artifact path>`
+        so that runs of one experiment never share a file path in an export."""
+        prefix = self.run.info.run_id + "/"
+        if path not in self.mapping and path.startswith(prefix):
+            return path[len(prefix):]
+        return path
+
     def _artifact(self, path: str) -> str:
         artifact = self.mapping.get(path, path)
         if not artifact or artifact.startswith(("/", "\\")) or ".." in artifact.split("/"):
@@ -242,6 +417,10 @@ class MlflowFiles(FileAccess):
         return artifact
 
     def local_path(self, path: str) -> Path | None:
+        path = self._unprefixed(path)
+        model = sm.model_file(path) if path not in self.mapping else None
+        if model is not None:
+            return self.source.model_local(*model)
         return self.source._artifact_local(self.run, self._artifact(path))
 
     def open(self, path: str) -> BinaryIO:
@@ -255,19 +434,20 @@ class MlflowFiles(FileAccess):
         return local.stat().st_size
 
 
-class _RunReader:
+class _RunReader(RunScoped):
     """Builds the canonical tables of one MLflow run."""
 
     def __init__(self, source: MlflowSource, run, project_id: str, run_id: str, select: Selection,
-                 manifest: mp.Manifest | None):
+                 manifest: Manifest | None):
         self.source = source
         self.tracking = source.tracking
         self.run = run
         self.project_id = project_id
         self.run_id = run_id
+        self.err_run = RunRef(project_id, run_id)
         self.select = select
         self.manifest = manifest
-        self.ours = mp.TAG_ORIGIN_RUN in run.data.tags
+        self.ours = TAG_ORIGIN_RUN in run.data.tags
         self.types = select.types
 
     def wanted(self, path: str, attribute_type: str) -> bool:
@@ -275,9 +455,6 @@ class _RunReader:
             return False
         pattern = self.select.attribute_pattern
         return pattern is None or path.startswith("sys/") or pattern.search(path) is not None
-
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.project_id, run_id=self.run_id, file=file)
 
     def tables(self) -> Iterator[pa.Table]:
         with errors(self.project_id, self.run_id):
@@ -319,18 +496,20 @@ class _RunReader:
         manifest = self.manifest
         params = self.run.data.params
         rows: list[dict] = []
-        later: list[mp.AttributeEntry] = []
+        later: list[AttributeEntry] = []
         for entry in manifest.attributes.values():
             if not self.wanted(entry.path, entry.type):
                 continue
             if entry.kind == "param":
                 rows.append(self._param_row(entry, params))
+            elif entry.kind == "run":   # run-level values: exact in the manifest
+                rows.append(self._run_row(entry))
             elif entry.kind == "file":
                 for step, ts, source_path, _artifact in entry.files:
                     rows.append({
                         "attribute_path": entry.path, "attribute_type": entry.type,
                         "step": None if step is None else Decimal(step),
-                        "timestamp": None if ts is None else mp.datetime_from_ms(ts),
+                        "timestamp": None if ts is None else datetime_from_ms(ts),
                         "file_value": {"path": source_path},
                     })
             else:
@@ -342,12 +521,27 @@ class _RunReader:
             elif entry.kind == "series":
                 yield from self._series(entry)
         # Whatever was added to the run outside trackport, read as a foreign run would be.
-        tag_keys = set(manifest.tags) | mp.RESERVED_TAGS
+        tag_keys = set(manifest.tags) | RESERVED_TAGS
         artifacts = manifest.artifact_paths()
         yield from self._foreign(manifest.param_keys(), manifest.metric_keys(), tag_keys, artifacts,
                                  with_run_fields=False)
 
-    def _param_row(self, entry: mp.AttributeEntry, params: dict[str, str]) -> dict:
+    def _run_row(self, entry: AttributeEntry) -> dict:
+        value: Any = None
+        if not entry.null:
+            try:
+                value = param_value(entry.type, entry.value or "")
+            except ValueError as exc:
+                raise self._err(f"{MANIFEST_PATH}: attribute {entry.path!r}: {exc}") from None
+            if entry.path == "sys/creation_time" and entry.type == "datetime" \
+                    and self.run.info.start_time is not None:
+                # the start MLflow shows, not the manifest's copy of it: a run started at the
+                # time of the copy reads back so
+                value = datetime_from_ms(self.run.info.start_time)
+        return {"attribute_path": entry.path, "attribute_type": entry.type,
+                VALUE_COLUMN[entry.type]: value}
+
+    def _param_row(self, entry: AttributeEntry, params: dict[str, str]) -> dict:
         value: Any = None
         if not entry.null:
             text = params.get(entry.key)
@@ -357,13 +551,13 @@ class _RunReader:
             if entry.artifact:
                 text = self.source._read_text(self.run, entry.artifact)
             try:
-                value = mp.param_value(entry.type, text)
+                value = param_value(entry.type, text)
             except ValueError as exc:
                 raise self._err(f"param {entry.key!r}: {exc}") from None
         return {"attribute_path": entry.path, "attribute_type": entry.type,
                 VALUE_COLUMN[entry.type]: value}
 
-    def _series(self, entry: mp.AttributeEntry) -> Iterator[pa.Table]:
+    def _series(self, entry: AttributeEntry) -> Iterator[pa.Table]:
         try:
             local = self.source._artifact_local(self.run, entry.artifact)
         except FileNotFoundError:
@@ -380,7 +574,7 @@ class _RunReader:
                 rows.append({
                     "attribute_path": entry.path, "attribute_type": entry.type,
                     "step": None if step is None else Decimal(step),
-                    "timestamp": None if ts is None else mp.datetime_from_ms(ts),
+                    "timestamp": None if ts is None else datetime_from_ms(ts),
                     column: item.get("value"),
                 })
                 if len(rows) >= _ROWS_PER_TABLE:
@@ -390,7 +584,7 @@ class _RunReader:
 
     # -- metrics -------------------------------------------------------------------
 
-    def _metric(self, path: str, key: str, multiplier: int, entry: mp.AttributeEntry | None
+    def _metric(self, path: str, key: str, multiplier: int, entry: AttributeEntry | None
                 ) -> Iterator[pa.Table]:
         for page in self.tracking.metric_history(self.run.info.run_id, key):
             n = len(page)
@@ -398,12 +592,12 @@ class _RunReader:
             ts = np.fromiter((m.timestamp for m in page), np.int64, n)
             values = np.fromiter((m.value for m in page), np.float64, n)
             if entry is not None:
-                copies = mp.copies_per_point(steps, ts, values, entry)
+                copies = copies_per_point(steps, ts, values, entry)
                 if copies.size and int(copies.max()) > 1:   # points sent more than once
                     steps, ts, values = (np.repeat(a, copies) for a in (steps, ts, values))
                     n = steps.size
-                unscaled = mp.unscaled_from_dest(steps, multiplier)
-                values = mp.restore_values(values, steps, ts, entry)
+                unscaled = unscaled_from_dest(steps, multiplier)
+                values = restore_values(values, steps, ts, entry)
                 ts_valid = ts != 0 if entry.null_timestamps else np.ones(n, dtype=bool)
                 step_valid = None
             else:
@@ -435,60 +629,119 @@ class _RunReader:
                 return
             rows.append({"attribute_path": path, "attribute_type": attribute_type, column: value})
 
-        taken: set[str] = set()
         if with_run_fields:
-            if info.run_name:
-                add("sys/name", "string", "string_value", info.run_name)
+            # An empty run name stays empty (MLflow 1.x runs had none): no id stands in for it.
+            add("sys/name", "string", "string_value", info.run_name or "")
             if info.start_time:
-                add("sys/creation_time", "datetime", "datetime_value", mp.datetime_from_ms(info.start_time))
+                add("sys/creation_time", "datetime", "datetime_value", datetime_from_ms(info.start_time))
             if info.end_time:
-                add("sys/modification_time", "datetime", "datetime_value", mp.datetime_from_ms(info.end_time))
+                add("sys/modification_time", "datetime", "datetime_value", datetime_from_ms(info.end_time))
             if info.status in ("FINISHED", "FAILED", "KILLED"):
                 add("sys/failed", "bool", "bool_value", info.status == "FAILED")
-            if tags.get(mp.TAG_NOTE):
-                add("sys/description", "string", "string_value", tags[mp.TAG_NOTE])
-            parent = tags.get(mp.TAG_PARENT)
+            if info.status not in ("FINISHED", "FAILED") and info.status in STATUSES:
+                add(STATUS_PATH, "string", "string_value", info.status)
+            if tags.get(TAG_NOTE):
+                add("sys/description", "string", "string_value", tags[TAG_NOTE])
+            parent = tags.get(TAG_PARENT)
             if parent:
                 add("sys/forking/parent", "string", "string_value", self._parent_id(parent))
-            taken = {r["attribute_path"] for r in rows} | {"sys/name", "sys/creation_time",
-                                                          "sys/modification_time", "sys/failed"}
+            for path, attribute_type, column, value in self._mlflow_extras():
+                add(path, attribute_type, column, value)
         elements = []
         for key in sorted(tags):
-            if key in skip_tags or key in mp.RESERVED_TAGS or key.startswith(mp.TRACKPORT_TAG_PREFIX):
+            if key in skip_tags or key in RESERVED_TAGS or key.startswith(TRACKPORT_TAG_PREFIX):
                 continue
             value = tags[key]
             if value == "":
                 elements.append(key)
             else:
-                add(mp.FOREIGN_TAG_PREFIX + key, "string", "string_value", value)
+                add(FOREIGN_TAG_PREFIX + key, "string", "string_value", value)
         if elements and with_run_fields:
             add("sys/tags", "string_set", "string_set_value", elements)
         elif elements:
             for key in elements:
-                add(mp.FOREIGN_TAG_PREFIX + key, "string", "string_value", "")
+                add(FOREIGN_TAG_PREFIX + key, "string", "string_value", "")
         for key in sorted(run.data.params):
-            if key in skip_params or key in taken:
+            if key in skip_params:
                 continue
-            add(key, "string", "string_value", run.data.params[key])
+            # A param named like a run field or a tag is `mlflow/params/<key>` (given back its key).
+            add(foreign_param_path(key), "string", "string_value", run.data.params[key])
         yield from self._rows_table(rows)
         for key in sorted(run.data.metrics):
-            if key in skip_metrics or not self.wanted(key, "float_series"):
+            path = foreign_metric_path(key, run.data.metrics)   # system/<name> -> monitoring/<name>
+            if key in skip_metrics or not self.wanted(path, "float_series"):
                 continue
-            yield from self._metric(key, key, 1, None)
+            yield from self._metric(path, key, 1, None)
         if "file" in self.types:
             yield from self._foreign_files(skip_artifacts)
+            if with_run_fields:
+                yield from self._model_files()
+
+    def _mlflow_extras(self) -> list[tuple[str, str, str, Any]]:
+        """What MLflow keeps beside a run's params, metrics and tags (docs/mlflow.md): deletion,
+        experiment tags, dataset inputs, MLflow 3 logged models; and the run folder's state."""
+        run = self.run
+        out: list[tuple[str, str, str, Any]] = []
+        exp = self.source._experiment(run.info.experiment_id)
+        if run.info.lifecycle_stage == "deleted" or (exp is not None and self.source._experiment_deleted(exp)):
+            out.append(("sys/trashed", "bool", "bool_value", True))
+        if exp is not None:
+            for key, value in sorted((exp.tags or {}).items()):
+                out.append((sm.EXPERIMENT_TAG_PREFIX + key, "string", "string_value", value))
+        inputs = getattr(run, "inputs", None)
+        datasets = sm.dataset_inputs_json(getattr(inputs, "dataset_inputs", None) or [])
+        if datasets is not None:
+            out.append((sm.DATASETS_PATH, "string", "string_value", datasets))
+        for model in self.source.models_of(run):
+            out.append((sm.MODEL_PREFIX + model.model_id, "string", "string_value", sm.logged_model_json(model)))
+        root = self.source._file_root
+        if root is not None:
+            missing = sm.missing_run_folders(root, run.info.experiment_id, run.info.run_id)
+            if missing:
+                self.source._note(self.project_id, self.run_id, warning=(
+                    f"run folder has no {', '.join(m + '/' for m in missing)} (git keeps no empty folder): "
+                    f"read as empty"))
+        return out
+
+    def _model_files(self) -> Iterator[pa.Table]:
+        rows = []
+        for model in self.source.models_of(self.run):
+            try:
+                infos = list(self.tracking.walk_run_artifacts(model.artifact_location))
+            except ArtifactsUnreachable as exc:
+                self.source._note(self.project_id, self.run_id, drop=(
+                    "logged_model_files_unreachable", 1, unreachable_message(exc.artifact_uri)))
+                continue
+            for info in infos:
+                path = sm.model_file_path(model.model_id, info.path)
+                if self.wanted(path, "file"):
+                    rows.append({"attribute_path": path, "attribute_type": "file",
+                                 "file_value": {"path": self._file_name(path)}})
+        yield from self._rows_table(rows)
 
     def _foreign_files(self, skip: set[str]) -> Iterator[pa.Table]:
         dirs = tuple(a.rstrip("/") + "/" for a in skip)
         rows = []
-        for info in self.tracking.walk_artifacts(self.run.info.run_id):
+        try:
+            infos = list(self.tracking.walk_run_artifacts(self.run.info.artifact_uri))
+        except ArtifactsUnreachable as exc:
+            self.source._note(self.project_id, self.run_id, drop=(
+                "artifacts_unreachable", 1, unreachable_message(exc.artifact_uri)))
+            return
+        for info in infos:
             path = info.path
-            if path.startswith(mp.ARTIFACT_DIR + "/") or path in skip or path.startswith(dirs):
+            # trackport's own folder only in runs trackport wrote: elsewhere it is the user's.
+            if (self.ours and path.startswith(ARTIFACT_DIR + "/")) or path in skip or path.startswith(dirs):
                 continue
             if not self.wanted(path, "file"):
                 continue
-            rows.append({"attribute_path": path, "attribute_type": "file", "file_value": {"path": path}})
+            rows.append({"attribute_path": path, "attribute_type": "file",
+                         "file_value": {"path": self._file_name(path)}})
         yield from self._rows_table(rows)
+
+    def _file_name(self, artifact_path: str) -> str:
+        """A foreign file's `file_value.path`: unique per run (see MlflowFiles._unprefixed)."""
+        return f"{self.run.info.run_id}/{artifact_path}"
 
     def _parent_id(self, parent_mlflow_id: str) -> str:
         """The parent as this source names it: its origin run id when trackport wrote it."""
@@ -497,5 +750,11 @@ class _RunReader:
                 parent = self.tracking.client.get_run(parent_mlflow_id)
         except RunError:
             return parent_mlflow_id
-        return parent.data.tags.get(mp.TAG_ORIGIN_RUN, parent_mlflow_id)
+        return parent.data.tags.get(TAG_ORIGIN_RUN, parent_mlflow_id)
 
+
+
+def unreachable_message(artifact_uri: str) -> str:
+    return (f"artifacts at {artifact_uri} are kept by the MLflow tracking server that logged the run, "
+            f"not by this store: pass --mlflow-artifacts-root with that server's "
+            f"--artifacts-destination folder (or the server's http(s) URL) to move them")

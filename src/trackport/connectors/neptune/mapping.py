@@ -36,6 +36,7 @@ ORIGIN_URI = "trackport/origin/uri"
 ORIGIN_PROJECT = "trackport/origin/project_id"
 ORIGIN_RUN = "trackport/origin/run_id"
 COMPLETE = "trackport/complete"
+SOURCE_VERSION = "trackport/source_version"   # the source's run_version, set just before COMPLETE
 RESTORE = "trackport/restore"
 TRACKPORT_NS = "trackport/"
 # extra column of the restore table: "row" (a canonical row) or "suppress"
@@ -104,7 +105,25 @@ CAPABILITIES_3 = Capabilities(
     integer_steps=False, keeps_timestamps=True, files=True, histograms=True, forks=True,
     resumable=True, transformations=dict(TRANSFORMATIONS_3),
 )
-SOURCE_CAPABILITIES = Capabilities(replayable=False)
+# -- what the neptune: source (and the API sources) may report ------------------
+STEP_LESS = "step_less_points_numbered"
+CONTAINER_TYPE = "sys/container_type"
+UPLOAD_ALREADY_SENT = "upload_already_sent"
+UPLOAD_MISSING = "upload_file_missing"
+SOURCE_TRANSFORMATIONS: dict[str, str] = {
+    STEP_LESS: "series point logged without a step (the 2.x client queues `\"step\": null` for "
+    "append()/log() without step=) numbered as Neptune numbers it: per series, the last step + 1, "
+    "0 for the series' first point",
+    "container_as_run": "model, model version or project container moved as a run; its type kept "
+    "in the string attribute sys/container_type",
+}
+SOURCE_DROPS: dict[str, str] = {
+    UPLOAD_ALREADY_SENT: "upload the server acknowledged (version <= last_ack_version): the client "
+    "deleted its temporary file, so the bytes are no longer on disk (read them with neptune2://)",
+    UPLOAD_MISSING: "pending upload whose file is missing on this machine: that attribute is not "
+    "moved, the rest of the run is (restore the file and run again)",
+}
+SOURCE_CAPABILITIES = Capabilities(replayable=False, transformations=dict(SOURCE_TRANSFORMATIONS))
 
 
 def short_hash(text: str, size: int = 16) -> str:
@@ -127,7 +146,7 @@ def is_origin_path(path: str) -> bool:
     return path.startswith(TRACKPORT_NS)
 
 
-# -- W&B -> Neptune default exclusions (DESIGN.md section 4) -------------------
+# -- W&B -> Neptune default exclusions (docs/neptune.md, W&B -> Neptune) -------------------
 _WANDB_FILE_ATTRS = ("files/", "wandb/files/")
 
 

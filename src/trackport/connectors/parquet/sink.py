@@ -7,9 +7,14 @@ after that, and only it marks the run complete for trackport.
 
 from __future__ import annotations
 
+import filecmp
+import glob
 import hashlib
+import os
 import shutil
+import tempfile
 import threading
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,14 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ... import __version__
-from ...core import layout
+from ..._version import __version__
 from ...core.capabilities import Capabilities
+from ...core.claims import LOCK_DIR_NAME, file_lock
 from ...core.connector import RunPlan, RunWriter, Sink
 from ...core.errors import RunError
 from ...core.model import DestRun, Origin, RunRef
 from ...core.schema import COLUMNS, SCHEMA
-from .source import ParquetSource, RunFiles
+from . import layout
+from .source import ParquetSource, RunFiles, manifest_mismatch
 
 DEFAULT_PART_BYTES = 50 * 1024 * 1024
 
@@ -33,16 +39,48 @@ DEFAULT_PART_BYTES = 50 * 1024 * 1024
 class ParquetSink(Sink):
     capabilities = Capabilities(integer_steps=False, replayable=True)
 
-    def __init__(self, root: Path, options: dict[str, Any]):
+    def __init__(self, root: Path, options: dict[str, Any], read_only: bool = False):
         self.root = root
+        self.read_only = read_only
         self.uri = f"parquet:{root}"
         self.part_bytes = int(options.get("part_size") or DEFAULT_PART_BYTES)
         self._lock = threading.Lock()
         self._manifest_ready = False
         self.options = options
+        # (project_id, file path) -> the run that wrote it in this export session: two runs of
+        # a project sharing a file path would overwrite each other's file (issue 25 item 6).
+        self._file_owners: dict[tuple[str, str], tuple[str, Path]] = {}
+
+    def claim_file(self, project_id: str, run_id: str, path: str, source: Path) -> bool:
+        """May this run write `path`?  True: it is the path's writer in this session.  False:
+        another run of the project writes the same bytes there (an MLflow experiment holding a
+        run and trackport's copy of it names both files alike), so there is nothing to write.
+        A RunError when the other run's file differs: one path never holds two runs' bytes."""
+        with self._lock:
+            owner, owner_source = self._file_owners.setdefault((project_id, path), (run_id, source))
+        if owner == run_id:
+            return True
+        if _same_content(owner_source, source):
+            return False
+        raise RunError(f"file path {path!r} is also the file of run {owner!r} of this project, with "
+                       f"other bytes; refusing to overwrite it. Fix: export these runs into separate "
+                       f"folders; a source giving two runs one file path is a trackport bug, please report it",
+                       project_id=project_id, run_id=run_id, file=path)
+
+    def claim_dir(self) -> Path:
+        """Inside the export: every process writing this folder takes turns per run (core/claims.py)."""
+        return self.root / LOCK_DIR_NAME
+
+    def preflight(self, read_only: bool = False) -> None:
+        from ...core.connector import check_output_folder
+
+        check_output_folder(self.root, self.uri, read_only or self.read_only,
+                            "parquet:./export")
 
     def _ensure_export_manifest(self, origin_uri: str) -> None:
-        with self._lock:
+        # The export manifest is read, changed and written again: one process at a time.
+        with self._lock, file_lock(self.claim_dir() / "export-manifest.lock",
+                                   f"the export manifest of {self.root}"):
             path = self.root / layout.EXPORT_MANIFEST
             try:
                 existing = layout.read_json(path) if path.exists() else None
@@ -51,6 +89,7 @@ class ParquetSink(Sink):
                                f"written. Fix: restore it, or export into a new folder", file=str(path)) from None
             manifest = existing if existing is not None else {
                 "format_version": layout.FORMAT_VERSION,
+                "id": uuid.uuid4().hex,     # the export's identity, wherever it is moved or copied
                 "producer": f"trackport {__version__}",
                 "created": datetime.now(timezone.utc).isoformat(),
                 "sources": [],
@@ -70,10 +109,21 @@ class ParquetSink(Sink):
         manifest_path = layout.run_manifest_path(self.root, origin.project_id, origin.run_id)
         if manifest_path.exists():
             try:
-                version = layout.read_json(manifest_path).get("source_version")
-            except (OSError, ValueError, AttributeError):
+                manifest = layout.read_json(manifest_path)
+                version = manifest.get("source_version")
+                parts = [manifest_path.parent / name for name in manifest["parts"]]
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 # a damaged completion mark: the run is partial, and writing it again repairs it
                 return DestRun(f"{origin.project_id}/{origin.run_id}", False)
+            stem = manifest_path.name[: -len(layout.RUN_MANIFEST_SUFFIX)]
+            on_disk = sorted(p.name for p in manifest_path.parent.glob(f"{stem}_part_*.parquet"))
+            unlisted = [name for name in on_disk if name not in manifest["parts"]]
+            damage = (f"{unlisted[0]} is not listed in the run manifest: the run is damaged" if unlisted else
+                      (manifest_mismatch(RunFiles(manifest_path.parent, stem, parts, manifest, True), False)
+                       or (None,))[0])
+            if damage:
+                # parts that no longer hold what the mark recorded: checked, not trusted; rewritten
+                return DestRun(f"{origin.project_id}/{origin.run_id}", False, damage=damage)
             return DestRun(f"{origin.project_id}/{origin.run_id}", True, locator=manifest_path, version=version)
         project_dir = layout.project_data_dir(self.root, origin.project_id)
         stem = layout.safe(origin.run_id)
@@ -82,6 +132,9 @@ class ParquetSink(Sink):
         return None
 
     def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
+        if self.read_only:
+            raise RunError("this parquet sink was opened read-only", project_id=plan.origin.project_id,
+                           run_id=plan.origin.run_id)
         self._ensure_export_manifest(plan.origin.uri)
         return ParquetRunWriter(self, plan)
 
@@ -175,14 +228,17 @@ class ParquetRunWriter(RunWriter):
             if source is None:
                 raise RunError("source cannot give a local file", project_id=self.project_id, run_id=self.run_id, file=path)
             target = layout.resolve_inside(self.files_dir, path)
+            write = self.sink.claim_file(self.project_id, self.run_id, path, source)
             target.parent.mkdir(parents=True, exist_ok=True)
+            copy = _copy_atomic if write else _copy_same_bytes
             if source.is_dir():
-                shutil.copytree(source, target, dirs_exist_ok=True)
-                members = [f for f in target.rglob("*") if f.is_file()]   # a file_set: count its files
+                members = [f for f in source.rglob("*") if f.is_file()]   # a file_set: count its files
+                for member in members:
+                    copy(member, target / member.relative_to(source))
                 size, count = sum(f.stat().st_size for f in members), len(members)
             else:
-                shutil.copyfile(source, target)
-                size, count = target.stat().st_size, 1
+                copy(source, target)
+                size, count = source.stat().st_size, 1
             self.copied.add(path)
             self.file_bytes += size
             self.plan.report.files += count
@@ -234,6 +290,46 @@ class ParquetRunWriter(RunWriter):
             self.writer = None
         for tmp in self.parts:
             tmp.unlink(missing_ok=True)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Two files, or two folders of files (a file_set), hold the same bytes."""
+    if a.is_dir() and b.is_dir():
+        names_a = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file())
+        names_b = sorted(f.relative_to(b) for f in b.rglob("*") if f.is_file())
+        return names_a == names_b and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names_a)
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
+def _copy_same_bytes(source: Path, target: Path) -> None:
+    """The file of a run that shares its path with another run's file of the same bytes (whose
+    writer may be copying it right now): write it too unless it is there, never sweeping the
+    other writer's temporary file; both renames put the same bytes in place."""
+    if target.is_file() and filecmp.cmp(source, target, shallow=False):
+        return
+    try:
+        _copy_atomic(source, target, sweep=False)
+    except FileNotFoundError:
+        if not (target.is_file() and filecmp.cmp(source, target, shallow=False)):
+            raise
+
+
+def _copy_atomic(source: Path, target: Path, sweep: bool = True) -> None:
+    """Copy through a temporary file in the target's folder, then rename: a reader (or a
+    concurrent writer) sees the old file or the whole new one, never a mix of two."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A copy killed half-way left its temporary file; the run's claim makes this writer the
+    # only one of the target, so whatever temporary file it has is stale.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp") if sweep else ():
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _text(value: Any) -> str | None:

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ...core import layout
 from ...core.capabilities import Capabilities
 from ...core.connector import FileAccess, Source
 from ...core.errors import RunError, UsageError
+from ...core.files import DirectoryFiles
 from ...core.model import Origin, RunRef, Selection
 from ...core.schema import SchemaError, check_types, conform
+from . import layout
 
 BATCH_ROWS = 65_536
 # Read pages through a small buffer instead of loading whole column chunks of a row
 # group up front (pre_buffer): a writer's row groups can hold millions of rows, and
 # this keeps Arrow's allocations near one batch (measured: 67 -> 33 MB at 65,536 rows).
 STREAMING_READ = {"buffer_size": 1 << 20, "pre_buffer": False}
+# The origin of runs read from an export that records none (neptune-exporter's): its rows'
+# project and run ids are the Neptune run's own, wherever the folder lies.
+EXPORTER_ORIGIN = "parquet:neptune-exporter"
 _FIX_DAMAGED = "Fix: export the run again (or restore the part from a backup); the other runs are not affected"
 
 
@@ -44,6 +50,69 @@ def _check_rows_belong(table: pa.Table, project_id: str, run_id: str) -> None:
             raise SchemaError(f"rows of another run: {name} {other!r} where the part's run has {expected!r}")
 
 
+def _parts_problem(folder: Path, numbers: list[int], parts: list[Path], manifest: dict | None) -> str | None:
+    """Why a run's parts on disk are not the whole run: a gap in the part numbers (both
+    writers number parts 0, 1, 2 ...), or parts that differ from those its manifest lists."""
+    if numbers != list(range(len(numbers))):
+        have = set(numbers)
+        missing = [f"_part_{n}" for n in range(max(numbers) + 1) if n not in have]
+        twice = sorted({n for n in numbers if numbers.count(n) > 1})
+        what = (f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} missing" if missing
+                else f"part number(s) {', '.join(map(str, twice))} written twice")
+        return (f"the run's parts have a gap ({what} between {parts[0].name} and {parts[-1].name}): "
+                f"the run is damaged. {_FIX_DAMAGED}")
+    if manifest is not None:
+        listed = manifest.get("parts")
+        if not isinstance(listed, list):
+            return f"run manifest in {folder} lists no parts: the run is damaged. {_FIX_DAMAGED}"
+        on_disk = [p.name for p in parts]
+        gone = [name for name in listed if name not in on_disk]
+        extra = [name for name in on_disk if name not in listed]
+        if gone:
+            return (f"{gone[0]}, listed in the run manifest, is missing{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''}: "
+                    f"the run is damaged. {_FIX_DAMAGED}")
+        if extra:
+            return (f"{extra[0]} is not listed in the run manifest (written by another process, or left from "
+                    f"an older export): the run is damaged. {_FIX_DAMAGED}")
+    return None
+
+
+def manifest_mismatch(files: RunFiles, checksum: bool) -> tuple[str, Path | None] | None:
+    """(why, part) when the run's parts do not hold what its manifest recorded: the row count
+    (read from the footers, always) and, when `checksum`, the checksum of the parts' bytes
+    (a second read of every part).  None when they agree, or the run has no manifest."""
+    manifest = files.manifest
+    if manifest is None or not files.parts:
+        return None
+    rows = 0
+    for part in files.parts:
+        try:
+            rows += pq.ParquetFile(part).metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - a damaged part names itself
+            return f"cannot read the part ({_one_line(exc)}): the file is damaged. {_FIX_DAMAGED}", part
+    want = manifest.get("rows")
+    if isinstance(want, int) and rows != want:
+        return (f"the parts hold {rows:,} rows where the run manifest recorded {want:,}: the run is "
+                f"damaged (a part was cut or replaced). {_FIX_DAMAGED}"), None
+    recorded = manifest.get("checksum")
+    if checksum and isinstance(recorded, str) and recorded.startswith("blake2b-128:"):
+        got = "blake2b-128:" + parts_checksum(files.parts)
+        if got != recorded:
+            return (f"the parts' checksum {got} differs from the run manifest's {recorded}: the run is "
+                    f"damaged. {_FIX_DAMAGED}"), None
+    return None
+
+
+def parts_checksum(parts: list[Path]) -> str:
+    """blake2b-128 of the parts' bytes, part_0 first: what the run manifest's `checksum` records."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        with open(part, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass
 class RunFiles:
     """Where one run lives on disk."""
@@ -54,6 +123,9 @@ class RunFiles:
     manifest: dict | None
     complete: bool
     problem: str | None = None   # why the run cannot be read, found while listing
+    # False when its folder or parts lead outside the export root: nothing of it is read,
+    # not even the footer that would name the run
+    readable: bool = True
 
 
 class ExportRoot:
@@ -92,59 +164,44 @@ class ExportRoot:
         return self.files / layout.safe(project_id)
 
 
-class ExportFiles(FileAccess):
-    def __init__(self, root: Path, run: RunRef):
-        self.root = root
-        self.run = run
-
-    def local_path(self, path: str) -> Path:
-        try:
-            found = layout.resolve_inside(self.root, path)
-        except ValueError as exc:
-            raise RunError(str(exc), project_id=self.run.project_id, run_id=self.run.run_id, file=path) from None
-        if not found.exists():
-            raise RunError(
-                f"file missing from the export (looked for {found})",
-                project_id=self.run.project_id, run_id=self.run.run_id, file=path,
-            )
-        if found.is_dir():
-            self._check_tree(found, path)
-        return found
-
-    def _check_tree(self, folder: Path, path: str) -> None:
-        """A directory (file_set, artifact) whose entries all stay inside the files root:
-        a symlink inside it must not carry a file from elsewhere into the destination."""
-        real_root = self.root.resolve()
-        for entry in sorted(folder.rglob("*")):
-            if not entry.is_symlink():
-                continue
-            real = entry.resolve()
-            if real != real_root and real_root not in real.parents:
-                rel = entry.relative_to(folder).as_posix()
-                raise RunError(f"file path {path!r} holds {rel!r}, a symlink that leads outside the files root",
-                               project_id=self.run.project_id, run_id=self.run.run_id, file=path)
-
-    def open(self, path: str) -> BinaryIO:
-        return open(self.local_path(path), "rb")
-
-
 class ParquetSource(Source):
     capabilities = Capabilities(replayable=True)
 
     def __init__(self, root: Path, options: dict[str, Any]):
         self.export = ExportRoot(root)
-        self.batch_rows = int(options.get("batch_rows") or BATCH_ROWS)
+        self.batch_rows = BATCH_ROWS
         sources = (self.export.manifest or {}).get("sources") or []
         # Runs keep the identity of where they were first read from, so export+load
         # and a direct copy find the same destination runs.
         self.uri = sources[0] if len(sources) == 1 else f"parquet:{self.export.root}"
+        # The origin of a run whose manifest records none: the export's own identity, wherever it
+        # lies -- its single source, else its manifest's id, else (neptune-exporter's exports have
+        # no manifest) the project and run ids its rows hold, which are the Neptune run's own.
+        export_id = (self.export.manifest or {}).get("id")
+        self._fallback_uri = (sources[0] if len(sources) == 1 else
+                              f"parquet:export/{export_id}" if export_id else
+                              EXPORTER_ORIGIN if self.export.manifest is None else
+                              f"parquet:{self.export.root}")   # an export older than ids: its path
+        # What earlier releases used instead: the export's absolute path (a moved export then
+        # looked new).  Still looked up, so destinations loaded back then are found, not duplicated.
+        self.legacy_uri = self.uri
+        # Also compare each run's parts with its manifest's checksum (`--check`; verify always does).
+        self.check = bool(options.get("check"))
+        self._checked: set[tuple[str, str]] = set()
         self.skipped_incomplete: list[str] = []
+
+    def source_notes(self) -> list[str]:
+        skipped = self.skipped_incomplete
+        if not skipped:
+            return []
+        return [f"{len(skipped)} run(s) incomplete in the source export were not moved: " + ", ".join(skipped[:5])]
 
     # -- listing -------------------------------------------------------------
     def _runs_on_disk(self) -> Iterator[RunFiles]:
         if not self.export.data.is_dir():
             return
         ours = self.export.manifest is not None
+        root = self.export.root
         for project_dir in sorted(p for p in self.export.data.iterdir() if p.is_dir()):
             stems: dict[str, list[tuple[int, Path]]] = defaultdict(list)
             for part in project_dir.glob("*_part_*.parquet"):
@@ -155,8 +212,19 @@ class ParquetSource(Source):
                 p.name[: -len(layout.RUN_MANIFEST_SUFFIX)]: p
                 for p in project_dir.glob("*" + layout.RUN_MANIFEST_SUFFIX)
             }
+            folder_outside = layout.escape_below(root, project_dir)
             for stem in sorted(set(stems) | set(manifests)):
-                parts = [p for _, p in sorted(stems.get(stem, []))]
+                numbered = sorted(stems.get(stem, []))
+                parts = [p for _, p in numbered]
+                mine = parts + ([manifests[stem]] if stem in manifests else [])
+                outside = folder_outside or next(filter(None, (layout.escape_below(root, p) for p in mine)), None)
+                if outside is not None:
+                    # Nothing of it is read, not even the footer that names it.
+                    problem = (f"{outside} leads outside the export root {root} (a symlink to "
+                               f"{(root / outside).resolve()}); nothing is read through it. Fix: copy the "
+                               f"data into the export instead of linking it")
+                    yield RunFiles(project_dir, stem, parts, None, True, problem, readable=False)
+                    continue
                 manifest, problem = None, None
                 if stem in manifests:
                     try:
@@ -168,12 +236,16 @@ class ParquetSource(Source):
                                                    f"Fix: export the run again")
                 complete = (manifest is not None or problem is not None) if ours else \
                     bool(parts) and parts[0].name.endswith("_part_0.parquet")
+                if problem is None and complete:
+                    problem = _parts_problem(project_dir, [n for n, _ in numbered], parts, manifest)
                 yield RunFiles(project_dir, stem, parts, manifest, complete, problem)
 
     def _identity(self, run: RunFiles) -> tuple[str, str] | str:
         """(project_id, run_id) as the run records them, or why they cannot be read."""
         if run.manifest:
             return run.manifest["project_id"], run.manifest["run_id"]
+        if not run.readable:
+            return run.problem or "unreadable"
         if not run.parts:
             return run.problem or "no part files"
         part = run.parts[0]
@@ -231,6 +303,14 @@ class ParquetSource(Source):
         if files.problem:
             raise RunError(files.problem, project_id=run.project_id, run_id=run.run_id,
                            file=str(files.parts[0]) if files.parts else None)
+        key = (str(files.data_dir), files.stem)
+        if key not in self._checked:   # once per run: the pipeline reads a run twice (scan, write)
+            mismatch = manifest_mismatch(files, self.check)
+            if mismatch is not None:
+                why, part = mismatch
+                raise RunError(why, project_id=run.project_id, run_id=run.run_id,
+                               file=str(part or files.data_dir / f"{files.stem}{layout.RUN_MANIFEST_SUFFIX}"))
+            self._checked.add(key)
         for part in files.parts:
             try:
                 # Parts trackport writes carry page checksums (CRC32): a flipped bit fails here
@@ -253,14 +333,46 @@ class ParquetSource(Source):
                                project_id=run.project_id, run_id=run.run_id, file=str(part)) from None
 
     def files(self, run: RunRef) -> FileAccess:
-        return ExportFiles(self.export.project_files_dir(run.project_id), run)
+        # The files of one project of the export; no component of a path may leave the export root.
+        return DirectoryFiles(self.export.project_files_dir(run.project_id), run, self.export.root, "the export")
 
     def origin(self, run: RunRef) -> Origin:
+        """Where the run came from, independent of where the export lies: the origin its run
+        manifest records, else the export's identity (docs/format.md, "Origin")."""
+        recorded = self._recorded_origin(run)
+        if recorded is not None:
+            return recorded
+        return Origin(self._fallback_uri, run.project_id, run.run_id)
+
+    def legacy_origins(self, run: RunRef) -> list[Origin]:
+        if self._recorded_origin(run) is not None or self._fallback_uri == self.legacy_uri:
+            return []
+        return [Origin(self.legacy_uri, run.project_id, run.run_id)]
+
+    def _recorded_origin(self, run: RunRef) -> Origin | None:
         files: RunFiles = run.locator
         recorded = (files.manifest or {}).get("origin")
         if recorded:
             return Origin(recorded["uri"], recorded["project_id"], recorded["run_id"])
-        return Origin(self.uri, run.project_id, run.run_id)
+        return None
+
+    def run_version(self, run: RunRef) -> str | None:
+        """Changes when the run's data changes.  A run trackport exported: the version its source
+        had then, as its manifest records it (so export + load and a direct copy agree, and a
+        run exported again after it grew is new).  A neptune-exporter run: its part names and
+        sizes (a new part, a part rewritten).  Never paths or modification times: a moved or
+        copied export is the same version."""
+        files: RunFiles = run.locator
+        if files.manifest is not None:
+            recorded = files.manifest.get("source_version")
+            return recorded if isinstance(recorded, str) else None
+        if not files.readable or not files.parts:
+            return None
+        try:
+            parts = [(p.name, p.stat().st_size) for p in files.parts]
+        except OSError:
+            return None
+        return hashlib.blake2b(json.dumps(parts).encode(), digest_size=12).hexdigest()
 
     def part_bytes(self, run: RunRef) -> int:
         return sum(p.stat().st_size for p in run.locator.parts)

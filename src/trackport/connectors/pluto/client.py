@@ -16,7 +16,7 @@ What we do NOT use, on purpose:
   JSON carries the API key on the child's command line (pluto/sync/process.py
   `SyncProcessManager._start_or_attach`, `op.py _init_sync_manager` puts `_auth`
   in it), captures the console at fd level and samples this host's hardware;
-- its `api_key=`/`host=` keywords, which it ignores (DESIGN.md section 7).
+- its `api_key=`/`host=` keywords, which it ignores (docs/pluto.md).
 So every request here is made in this process with httpx (the SDK's own HTTP
 library), the key only ever in an `Authorization` header, never in a log line,
 an exception text or a command line.

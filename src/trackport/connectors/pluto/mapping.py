@@ -4,7 +4,7 @@ Everything here is deterministic, so a resumed load computes exactly the
 external id, config, tags, file names and manifest the first attempt used.
 
 Pluto facts this module encodes (pluto-ml 0.0.29, checked on this machine;
-DESIGN.md section 7):
+docs/pluto.md):
 - metric steps are non-negative integers; the ingest rejects a whole NDJSON
   batch on one bad line (pluto/api.py `make_compat_num_v1` sends `int(step)`);
 - `log()` drops bools and strings over 200 characters (op.py
@@ -22,21 +22,24 @@ import hashlib
 import json
 import math
 import posixpath
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterable
 
 from trackport.core.capabilities import Capabilities
-from trackport.core.schema import STEP_SCALE
+from trackport.core.schema import STEP_SCALE, ms_from_datetime
 
 # Tags trackport puts on every run it creates.
 TAG_ORIGIN_PREFIX = "trackport:"          # + external id: how find_run locates the run (list filter)
 TAG_COMPLETE = "trackport:complete"       # the completion mark, written last
+TAG_VERSION = "trackport:version:"        # + the source's run_version, set with the mark
 # Files trackport adds to a run (log names), read back by the source.
 MANIFEST_LOG = "trackport/manifest"
 MANIFEST_FILE = "manifest.json"
 SERIES_LOG_PREFIX = "trackport/series/"
+RESERVED_LOG = "trackport"                # trackport's own log names: no user file goes there
 MANIFEST_FORMAT = "trackport.pluto.manifest"
 MANIFEST_VERSION = 1
 
@@ -49,6 +52,9 @@ TRANSFORMATIONS: dict[str, str] = {
     "string_set_to_list": "string_set param stored in the Pluto config as a JSON list (order kept)",
     "nonfinite_in_manifest": "NaN/+-inf metric point or param (JSON cannot carry it) kept in "
     "trackport/manifest; the config holds the text 'NaN'/'inf'/'-inf' and the metric point is not sent",
+    "file_log_renamed": "file attribute at or under trackport/ (trackport's own log names: the "
+    "manifest, series files) logged as trackport--<8 hex of its path>/...; the manifest keeps "
+    "the original path, read back exactly",
     "series_file": "string/histogram series also stored whole as a JSON-lines file "
     "(log name trackport/series/<path>), the exact copy read back",
     "long_string_not_charted": "string series value over 200 characters (Pluto drops those "
@@ -71,8 +77,6 @@ CAPABILITIES = Capabilities(
     replayable=False,
     transformations=dict(TRANSFORMATIONS),
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def external_id(uri: str, project_id: str, run_id: str) -> str:
@@ -114,10 +118,7 @@ def ms(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        return ms_from_datetime(value)
     return None
 
 
@@ -246,10 +247,6 @@ def decimal_step(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
-def step_text(step: Any) -> str | None:
-    return None if step is None else format(Decimal(step).normalize(), "f")
-
-
 # -- files -------------------------------------------------------------------------
 
 def file_name(attribute_type: str, source_path: str, member: str | None = None) -> str:
@@ -265,12 +262,46 @@ def file_type(name: str) -> str:
     return ext[1:].lower() if ext else "bin"
 
 
+def file_log(path: str) -> tuple[str, bool]:
+    """The log name of a file attribute, and whether it had to leave trackport's own names."""
+    if path == RESERVED_LOG or path.startswith(RESERVED_LOG + "/"):
+        digest = hashlib.blake2b(path.encode(), digest_size=4).hexdigest()
+        return f"{RESERVED_LOG}--{digest}{path[len(RESERVED_LOG):]}", True
+    return path, False
+
+
 def series_log(path: str) -> str:
     return SERIES_LOG_PREFIX + path
 
 
 def series_file_name(path: str) -> str:
     return hashlib.blake2b(path.encode(), digest_size=8).hexdigest() + ".jsonl"
+
+
+def generation_name(name: str, generation: int) -> str:
+    """The name of a manifest or series file as the `generation`-th refresh of a grown run
+    writes it (0: the first copy).  Pluto keeps every file uploaded, so a refresh writes
+    new names and its manifest, the highest generation, names the series files to read."""
+    if not generation:
+        return name
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}.g{generation}.{ext}"
+
+
+def generation_of(name: str, base: str) -> int | None:
+    """The generation of file `name` written as `base` (None: not one of them)."""
+    if name == base:
+        return 0
+    stem, _, ext = base.rpartition(".")
+    found = re.fullmatch(re.escape(stem) + r"\.g(\d+)\." + re.escape(ext), name or "")
+    return int(found[1]) if found else None
+
+
+def latest_manifest(files: list[dict]) -> tuple[int, dict] | None:
+    """(generation, listing entry) of the newest manifest among a run's manifest files."""
+    found = [(generation_of(f.get("fileName"), MANIFEST_FILE), f) for f in files]
+    found = [(g, f) for g, f in found if g is not None]
+    return max(found, key=lambda gf: gf[0]) if found else None
 
 
 # -- the manifest --------------------------------------------------------------------
@@ -316,11 +347,6 @@ class Manifest:
         return cls(origin["uri"], origin["project_id"], origin["run_id"], doc["external_id"],
                    int(doc["step_multiplier"]), doc.get("types", {}), doc.get("series", {}),
                    doc.get("series_files", {}), doc.get("files", []), doc.get("nonfinite", {}))
-
-
-def series_line(step: Any, ts: int | None, value: Any) -> str:
-    """One line of a series file: the exact canonical step text, ms time and value."""
-    return json.dumps({"step": step_text(step), "timestamp": ts, "value": value}, ensure_ascii=False) + "\n"
 
 
 def chunks(items: list, size: int) -> Iterable[list]:

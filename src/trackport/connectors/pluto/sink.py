@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -16,10 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.core.connector import RunPlan, RunWriter, Sink
-from trackport.core.errors import RunError
+from trackport.core.errors import RunError, RunScoped
+from trackport.core.files import materialise
 from trackport.core.model import DestRun, Origin, RunRef
 from trackport.core.schema import DEST_STEP, FILE_TYPES
-from trackport.core.steps import StepConverter
+from trackport.core.steps import StepConverter, step_text
 
 from . import mapping as mp
 from .client import PlutoClient, PlutoRejected, RunContext
@@ -37,7 +37,9 @@ def _int_option(options: dict, name: str, default: int, minimum: int = 0) -> int
 class PlutoSink(Sink):
     capabilities = mp.CAPABILITIES
 
-    def __init__(self, project: str | None, options: dict[str, Any], client: PlutoClient | None):
+    def __init__(self, project: str | None, options: dict[str, Any], client: PlutoClient | None,
+                 read_only: bool = False):
+        self.read_only = read_only
         self.project = project
         self.options = options
         self._client = client
@@ -82,15 +84,18 @@ class PlutoSink(Sink):
                            run_id=origin.run_id) from None
         if details is None:
             return None
-        complete = mp.TAG_COMPLETE in (details.get("tags") or [])
+        tags = details.get("tags") or []
+        complete = mp.TAG_COMPLETE in tags
+        version = next((t[len(mp.TAG_VERSION):] for t in tags if t.startswith(mp.TAG_VERSION)), None)
         locator = (self.project_for(origin.project_id), int(details["id"]))
-        return DestRun(str(details["id"]), complete, details.get("url"), locator)
+        return DestRun(str(details["id"]), complete, details.get("url"), locator,
+                       version=version if complete else None)
 
     def dest_ref(self, dest: DestRun, origin: Origin) -> RunRef:
         return RunRef(origin.project_id, origin.run_id, dest.locator)
 
     def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
-        if self.options.get("read_only"):
+        if self.read_only:
             raise RunError("this Pluto sink was opened read-only", project_id=plan.origin.project_id,
                            run_id=plan.origin.run_id)
         writer = PlutoRunWriter(self, plan)
@@ -113,6 +118,10 @@ class PlutoSink(Sink):
         for path, stats in scan.series.items():
             if stats.attribute_type in ("string_series", "histogram_series"):
                 report.transformed("series_file", 1, path)
+        for path in sorted({f[0] for f in scan.files}):
+            log_name, moved = mp.file_log(path)
+            if moved:
+                report.transformed("file_log_renamed", 1, f"{path} -> {log_name}")
         lines = [f"Pluto project {self.project_for(plan.origin.project_id)!r}, externalId "
                  f"{mp.external_id(plan.origin.uri, plan.origin.project_id, plan.origin.run_id)}"]
         if self.log_every > 1:
@@ -135,7 +144,7 @@ def _fix_for(exc: PlutoRejected) -> str:
     return ""
 
 
-class PlutoRunWriter(RunWriter):
+class PlutoRunWriter(RunScoped, RunWriter):
     def __init__(self, sink: PlutoSink, plan: RunPlan):
         self.sink = sink
         self.client = sink.client
@@ -144,6 +153,7 @@ class PlutoRunWriter(RunWriter):
         self.origin = plan.origin
         self.project_id = plan.origin.project_id
         self.source_run = plan.origin.run_id
+        self.err_run = plan.origin
         self.multiplier = plan.steps.multiplier if plan.steps is not None else 1
         scan = plan.scan
         self.ext = mp.external_id(self.origin.uri, self.project_id, self.source_run)
@@ -155,7 +165,7 @@ class PlutoRunWriter(RunWriter):
         self.updated_ms = mp.ms(scan.value("sys/modification_time"))
         if self.updated_ms is None:
             self.updated_ms = mp.ms(scan.last_timestamp) or self.created_ms
-        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-pluto-", dir=plan.options.get("tmp_dir")))
+        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-pluto-"))
         self._spools: dict[str, Path] = {}
         self._series_types: dict[str, str] = {}
         self._files: list[tuple[str, str, Any, int | None, str, int | None]] = []
@@ -164,9 +174,10 @@ class PlutoRunWriter(RunWriter):
         self._existing_files: set[tuple[str, str, Any]] = set()
         self._resumed = False
         self._closed = False
-
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.project_id, run_id=self.source_run, file=file)
+        # a grown run (complete, older run_version): the manifest of its last copy, and the
+        # generation of the manifest and series files this refresh writes (mapping.generation_name)
+        self._previous: mp.Manifest | None = None
+        self._generation = 0
 
     def _call(self, fn, *args, fix: str = ""):
         try:
@@ -206,11 +217,35 @@ class PlutoRunWriter(RunWriter):
             # `resumed`: another attempt (or a lost answer) created it first; finish that run
             self._resumed = created.resumed
         if self._resumed:
-            for f in self._call(self.client.files, self.ctx.project, self.ctx.run_id, None):
+            listing = self._call(self.client.files, self.ctx.project, self.ctx.run_id, None)
+            for f in listing:
                 self._existing_files.add((f.get("logName"), f.get("fileName"), f.get("step")))
+            if resume is not None and resume.complete:
+                self._grown(resume, listing)
             # config and tags replace what an earlier attempt sent
             self._call(self.client.update_config, self.ctx, cfg.config)
-            self._call(self.client.update_tags, self.ctx, tags)
+            self._call(self.client.update_tags, self.ctx, self._kept_tags(resume))
+
+    def _grown(self, resume: DestRun, listing: list[dict]) -> None:
+        """A complete run whose source grew: the next generation of files, the last one's
+        manifest to tell which string/histogram points the server has."""
+        latest = mp.latest_manifest([f for f in listing if f.get("logName") == mp.MANIFEST_LOG
+                                     and f.get("downloadUrl")])
+        if latest is None:
+            raise self._err(f"Pluto run {resume.id} is marked complete but has no trackport manifest")
+        target = self._tmp / "previous-manifest.json"
+        self._call(self.client.download, latest[1]["downloadUrl"], target)
+        self._previous = mp.Manifest.loads(target.read_bytes())
+        self._generation = latest[0] + 1
+        self._listing = listing
+
+    def _kept_tags(self, resume: DestRun | None) -> list[str]:
+        """A grown run keeps its mark (and old version) while it is refreshed: a refresh that
+        fails is done again, from the same manifest, by the next copy."""
+        if resume is not None and resume.complete:
+            old = [mp.TAG_COMPLETE] + ([mp.TAG_VERSION + resume.version] if resume.version else [])
+            return sorted(set(self.tags) | set(old))
+        return self.tags
 
     # -- rows ----------------------------------------------------------------------
 
@@ -314,7 +349,7 @@ class PlutoRunWriter(RunWriter):
             value = strings[i] if typ == "string_series" else hists[i]
             self._series_types[path] = typ
             out.setdefault(path, []).append(json.dumps(
-                {"step": mp.step_text(steps[i]), "dest": dest[i], "timestamp": raw_times[i], "time": times[i],
+                {"step": step_text(steps[i]), "dest": dest[i], "timestamp": raw_times[i], "time": times[i],
                  "value": value},
                 ensure_ascii=False) + "\n")
         for path, lines in out.items():
@@ -344,7 +379,7 @@ class PlutoRunWriter(RunWriter):
     def _send_series(self) -> None:
         for path, spool in self._spools.items():
             typ = self._series_types[path]
-            name = mp.series_file_name(path)
+            name = mp.generation_name(mp.series_file_name(path), self._generation)
             log_name = mp.series_log(path)
             self.manifest.series_files[path] = name
             if (log_name, name, None) in self._existing_files:
@@ -358,6 +393,7 @@ class PlutoRunWriter(RunWriter):
             batch: list[str] = []
             line_number = 0
             already: set[int] = set()
+            sent = self._sent_points(path) if not console else set()
             if console and self._resumed:
                 # an earlier attempt may have sent some lines (maybe without seeing the answer):
                 # the server's own copy says which, by our line numbers
@@ -373,6 +409,8 @@ class PlutoRunWriter(RunWriter):
                         line_number += 1
                         if obj["lineNumber"] in already:
                             continue
+                    elif (point["dest"], point["time"]) in sent:
+                        continue   # a grown run: sent by an earlier copy (in its series file)
                     elif typ == "string_series":
                         if value is None or len(value) > mp.STRING_SERIES_MAX_LEN:
                             if value is not None:
@@ -396,44 +434,54 @@ class PlutoRunWriter(RunWriter):
             entry = self._file_entry(log_name, name, None, spool, self.updated_ms)
             self._call(self.client.upload_files, self.ctx, [entry], [spool])
 
+    def _sent_points(self, path: str) -> set[tuple[int, int]]:
+        """(dest step, time) of the points of `path` the last copy of a grown run sent."""
+        if self._previous is None or path not in self._previous.series_files:
+            return set()
+        name = self._previous.series_files[path]
+        entry = next((f for f in self._listing if f.get("logName") == mp.series_log(path)
+                      and f.get("fileName") == name and f.get("downloadUrl")), None)
+        if entry is None:
+            raise self._err(f"the series file of {path!r} of the earlier copy is missing in Pluto")
+        target = self._tmp / "previous-series.jsonl"
+        self._call(self.client.download, entry["downloadUrl"], target)
+        with open(target, encoding="utf-8") as fh:
+            sent = {(p["dest"], p["time"]) for p in map(json.loads, fh)}
+        target.unlink()
+        return sent
+
     def _file_entry(self, log_name: str, name: str, step: int | None, local: Path, ts: int | None) -> dict:
         return {"fileName": name, "fileSize": local.stat().st_size, "fileType": mp.file_type(name),
                 "time": ts if ts is not None else (self.created_ms or 0), "logName": log_name, "step": step,
                 "sampleIndex": 0}
 
     def _local(self, source: str) -> Path:
-        files = self.plan.files
-        try:
-            local = files.local_path(source)
-            if local is None:
-                target = self._tmp / "files" / str(len(os.listdir(self._tmp))) / (Path(source).name or "file")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with files.open(source) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                local = target
-        except (FileNotFoundError, ValueError, PermissionError) as exc:
-            raise self._err(f"cannot read file: {exc}", file=source) from None
-        return Path(local)
+        return materialise(self.plan.files, source, self._tmp / "files", self._err)
 
     def _send_files(self) -> None:
         pending: list[tuple[dict, Path]] = []
         sent = 0
+        renamed: set[str] = set()
         for attr, typ, step, dest, source, ts in self._files:
             local = self._local(source)
+            log_name, moved = mp.file_log(attr)
+            if moved and attr not in renamed:
+                renamed.add(attr)
+                self.report.transformed("file_log_renamed", 1, f"{attr} -> {log_name}")
             members = ([(p.relative_to(local).as_posix(), p) for p in sorted(local.rglob("*")) if p.is_file()]
                        if local.is_dir() else [(None, local)])
             for member, path in members:
                 name = mp.file_name(typ, source, member)
-                self.manifest.files.append([attr, typ, mp.step_text(step), source, attr, name, dest, member, ts])
+                self.manifest.files.append([attr, typ, step_text(step), source, log_name, name, dest, member, ts])
                 if self.sink.max_files and sent >= self.sink.max_files:
                     self.report.dropped("max_files_per_run", 1, f"{attr}: {name}")
                     continue
                 sent += 1
                 self.report.files += 1
                 self.report.bytes += path.stat().st_size
-                if (attr, name, dest) in self._existing_files:
+                if (log_name, name, dest) in self._existing_files:
                     continue
-                pending.append((self._file_entry(attr, name, dest, path, ts), path))
+                pending.append((self._file_entry(log_name, name, dest, path, ts), path))
                 if len(pending) >= self.sink.file_chunk:
                     self._flush_files(pending)
                     pending = []
@@ -453,19 +501,22 @@ class PlutoRunWriter(RunWriter):
             self._send_series()
             self._send_files()
             # the manifest is deterministic: one an earlier attempt uploaded is the same file
-            if (mp.MANIFEST_LOG, mp.MANIFEST_FILE, None) not in self._existing_files:
-                manifest = self._tmp / mp.MANIFEST_FILE
+            manifest_name = mp.generation_name(mp.MANIFEST_FILE, self._generation)
+            if (mp.MANIFEST_LOG, manifest_name, None) not in self._existing_files:
+                manifest = self._tmp / manifest_name
                 manifest.write_bytes(self.manifest.dumps())
-                entry = self._file_entry(mp.MANIFEST_LOG, mp.MANIFEST_FILE, None, manifest, self.updated_ms)
+                entry = self._file_entry(mp.MANIFEST_LOG, manifest_name, None, manifest, self.updated_ms)
                 self._call(self.client.upload_files, self.ctx, [entry], [manifest])
             failed = self.plan.scan.value("sys/failed") is True
             self._call(self.client.finish, self.ctx, "FAILED" if failed else "COMPLETED", self.updated_ms)
-            # the completion mark, last
-            self._call(self.client.update_tags, self.ctx, sorted(set(self.tags) | {mp.TAG_COMPLETE}))
+            # the completion mark, last, with the source's run_version
+            version = self.plan.source_version
+            mark = {mp.TAG_COMPLETE} | ({mp.TAG_VERSION + version} if version else set())
+            self._call(self.client.update_tags, self.ctx, sorted(set(self.tags) | mark))
         finally:
             self._cleanup()
         url = f"{self.client.app_url}/o/runs/{self.ctx.run_id}"
-        return DestRun(str(self.ctx.run_id), True, url, (self.ctx.project, self.ctx.run_id))
+        return DestRun(str(self.ctx.run_id), True, url, (self.ctx.project, self.ctx.run_id), version=version)
 
     def abort(self) -> None:
         self._cleanup()

@@ -9,19 +9,16 @@ never samples them; string/histogram series from their exact series files.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import threading
-import weakref
 from datetime import datetime, timedelta, timezone
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 from trackport.core.connector import FileAccess, Source
+from trackport.core.files import DownloadedFiles, ScratchFolder
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
 from trackport.core.schema import SCHEMA, VALUE_COLUMN
@@ -40,29 +37,6 @@ def _ms_of(value: Any) -> int | None:
     return mp.ms(datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc))
 
 
-class PlutoFiles(FileAccess):
-    """Files of one Pluto run, downloaded on first use into a temporary folder."""
-
-    def __init__(self, source: "PlutoSource", ref: RunRef):
-        self.source = source
-        self.ref = ref
-        self._dir: Path | None = None
-        self._lock = threading.Lock()
-
-    def local_path(self, path: str) -> Path:
-        with self._lock:
-            if self._dir is None:
-                self._dir = Path(tempfile.mkdtemp(prefix="trackport-pluto-read-", dir=self.source.tmp_root))
-                self.source._download_files(self.ref, self._dir)
-        return self._dir / path
-
-    def open(self, path: str) -> BinaryIO:
-        local = self.local_path(path)
-        if not local.is_file():
-            raise FileNotFoundError(path)
-        return open(local, "rb")
-
-
 class PlutoSource(Source):
     capabilities = mp.CAPABILITIES
 
@@ -70,21 +44,15 @@ class PlutoSource(Source):
         self.client = client
         self.project = project
         self.uri = uri
-        self._tmp_root: Path | None = None
+        self._scratch = ScratchFolder("trackport-pluto-src-")
         self._manifests: dict[tuple[str, int], mp.Manifest] = {}
 
     @property
     def tmp_root(self) -> Path:
-        if self._tmp_root is None:
-            self._tmp_root = Path(tempfile.mkdtemp(prefix="trackport-pluto-src-"))
-            # `verify` does not close the sink that made this source: clean up at exit anyway
-            weakref.finalize(self, shutil.rmtree, str(self._tmp_root), True)
-        return self._tmp_root
+        return self._scratch.path
 
     def close(self) -> None:
-        if self._tmp_root is not None:
-            shutil.rmtree(self._tmp_root, ignore_errors=True)
-            self._tmp_root = None
+        self._scratch.remove()
 
     # -- runs ----------------------------------------------------------------------
 
@@ -108,17 +76,18 @@ class PlutoSource(Source):
         if got is not None:
             return got
         project, run_id = locator
-        files = self.client.files(project, run_id, mp.MANIFEST_LOG)
-        if not files:
+        latest = mp.latest_manifest(self.client.files(project, run_id, mp.MANIFEST_LOG))
+        if latest is None:
             raise RunError(f"Pluto run {run_id} has no trackport manifest (not loaded by trackport)")
         target = self.tmp_root / "manifests" / f"{run_id}.json"
-        self.client.download(files[0]["downloadUrl"], target)
+        self.client.download(latest[1]["downloadUrl"], target)   # a grown run's newest refresh
         manifest = mp.Manifest.loads(target.read_bytes())
         self._manifests[locator] = manifest
         return manifest
 
     def files(self, run: RunRef) -> FileAccess:
-        return PlutoFiles(self, run)
+        return DownloadedFiles(lambda folder: self._download_files(run, folder), self._scratch,
+                               "trackport-pluto-read-")
 
     def origin(self, run: RunRef):
         from trackport.core.model import Origin

@@ -24,7 +24,6 @@ import math
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -33,7 +32,7 @@ import pyarrow as pa
 
 from trackport.core.capabilities import Capabilities
 from trackport.core.layout import safe  # noqa: F401  (re-exported for the source)
-from trackport.core.schema import STEP_SCALE
+from trackport.core.schema import STEP_SCALE, ms_from_datetime
 from trackport.core.steps import decimal_steps
 
 MARKER = "trackport-run.json"          # completion mark + exact attribute manifest, written last
@@ -47,6 +46,19 @@ HISTOGRAM_TYPE = "COUNTING"            # the canonical type of a TensorBoard his
 # TensorBoard plugin names (tensorboard/plugins/*/metadata.py PLUGIN_NAME)
 SCALARS, HISTOGRAMS, IMAGES, AUDIO, TEXT, HPARAMS = "scalars", "histograms", "images", "audio", "text", "hparams"
 HPARAMS_START_TAG = "_hparams_/session_start_info"   # tensorboard/plugins/hparams/metadata.py
+# trackport's own plugin name: values no TensorBoard dashboard draws (no plugin of that name exists).
+TRACKPORT_PLUGIN = "trackport"
+EXACT_SUFFIX = "/.trackport-exact"     # the exact float64 twin of a scalar float32 cannot hold
+
+
+def exact_tag(tag: str) -> str:
+    """The tag of the exact DT_DOUBLE twin written beside a float32 scalar that rounds."""
+    return tag + EXACT_SUFFIX
+
+
+def scalar_of_exact_tag(tag: str) -> str | None:
+    return tag[: -len(EXACT_SUFFIX)] if tag.endswith(EXACT_SUFFIX) else None
+
 
 CAPABILITIES = Capabilities(
     integer_steps=True,
@@ -55,6 +67,9 @@ CAPABILITIES = Capabilities(
     histograms=True,
     forks=True,
     resumable=True,
+    # an event holds a value: a point without one is dropped (sink.py counts "null_value")
+    null_point_drops={"float_series": "null_value", "string_series": "null_value",
+                      "histogram_series": "null_value"},
     transformations={
         "params_in_mark": "params and run metadata are shown as HParams (numbers, text, booleans; "
                           "datetimes as ISO text, string sets as JSON); their exact types and values "
@@ -62,8 +77,11 @@ CAPABILITIES = Capabilities(
         "file_beside_events": f"files that are not PNG/JPEG/GIF images (and single files, file sets, "
                               f"artifacts) are stored under <run>/{FILES_DIR}/ and listed in {MARKER}",
         "null_wall_time_zero": "a point without timestamp is written with wall time 0 (read back as null)",
-        "scalar_as_double_tensor": "scalars are written as float64 `scalars` tensors (not float32 "
-                                   "simple_value), so values stay exact",
+        "scalar_float32_display": "scalars are written as tf.summary.scalar writes them (float32 "
+                                  "`scalars` tensors, shown by both TensorBoard loaders), so TensorBoard "
+                                  "displays a float64 value rounded to float32; where it rounds, the exact "
+                                  "value is kept in the same event under the `trackport` plugin (tag "
+                                  "`<tag>/.trackport-exact`, drawn by no dashboard) and read back unchanged",
     },
 )
 
@@ -126,10 +144,56 @@ def wall_seconds(ms: int | None) -> float:
     return 0.0 if ms is None else ms / 1000.0
 
 
-def histogram_from_proto(minimum: float, bucket_limit, bucket) -> dict:
-    """HistogramProto -> canonical: edges = [min] + bucket limits (right edges), values = counts."""
-    return {"type": HISTOGRAM_TYPE, "edges": [float(minimum), *map(float, bucket_limit)],
-            "values": [float(v) for v in bucket]}
+# HistogramProto fields the canonical {type, edges, values} does not hold: kept in the type
+# string, `COUNTING;max=2.5;num=6.0;sum=4.0;sum_squares=6.0` (each value Python's exact float
+# repr), only the fields that differ from what edges/values imply (max = last edge, num = the
+# sum of the counts, sum = sum_squares = 0).  min is always edges[0].  TF1 and Keras end the
+# buckets with a sentinel limit (DBL_MAX) and TensorBoard takes `max` as the last right edge
+# (tensorboard/plugins/histogram/... data_compat migrates `histo` that way), so `max` matters.
+HISTOGRAM_STATS = ("max", "num", "sum", "sum_squares")
+
+
+def _implied_stats(edges: list[float], values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {"max": edges[-1] if edges else 0.0, "num": float(sum(finite)), "sum": 0.0, "sum_squares": 0.0}
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def histogram_type(base: str, stats: dict[str, float], edges: list[float], values: list[float]) -> str:
+    implied = _implied_stats(edges, values)
+    extra = [f"{k}={float(stats[k])!r}" for k in HISTOGRAM_STATS
+             if k in stats and not _same(float(stats[k]), implied[k])]
+    return ";".join([base, *extra])
+
+
+def split_histogram_type(typ: str | None) -> tuple[str, dict[str, float]]:
+    """`COUNTING;max=2.5` -> ("COUNTING", {"max": 2.5}); a plain type -> (type, {})."""
+    first, *items = (typ or HISTOGRAM_TYPE).split(";")
+    stats, rest = {}, []
+    for item in items:
+        key, sep, text = item.partition("=")
+        try:
+            if not sep or key not in HISTOGRAM_STATS:
+                raise ValueError(item)
+            stats[key] = float(text)
+        except ValueError:
+            rest.append(item)          # not ours: part of the type itself
+    return ";".join([first, *rest]), stats
+
+
+def histogram_from_proto(minimum: float, bucket_limit, bucket, maximum: float | None = None,
+                         num: float = 0.0, sum_: float = 0.0, sum_squares: float = 0.0) -> dict:
+    """HistogramProto -> canonical: edges = [min] + bucket limits (right edges), values = counts,
+    and max/num/sum/sum_squares in the type where edges and counts do not imply them."""
+    edges = [float(minimum), *map(float, bucket_limit)]
+    values = [float(v) for v in bucket]
+    stats = {"num": num, "sum": sum_, "sum_squares": sum_squares}
+    if maximum is not None:
+        stats["max"] = maximum
+    return {"type": histogram_type(HISTOGRAM_TYPE, stats, edges, values), "edges": edges, "values": values}
 
 
 def histogram_from_tensor(array: np.ndarray) -> dict:
@@ -141,15 +205,14 @@ def histogram_from_tensor(array: np.ndarray) -> dict:
     return {"type": HISTOGRAM_TYPE, "edges": edges, "values": arr[:, 2].tolist()}
 
 
-def histogram_to_proto_fields(edges: list[float], values: list[float]) -> dict:
-    """Canonical histogram -> HistogramProto fields, so `histogram_from_proto` gives it back exactly."""
+def histogram_to_proto_fields(edges: list[float], values: list[float], typ: str | None = None) -> dict:
+    """Canonical histogram -> HistogramProto fields, so `histogram_from_proto` gives it back exactly
+    (max/num/sum/sum_squares from the type where it holds them)."""
     edges = list(edges or [])
     values = list(values or [])
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    lo = edges[0] if edges else 0.0
-    hi = edges[-1] if edges else 0.0
-    return {"min": lo, "max": hi, "num": float(sum(finite)), "sum": 0.0, "sum_squares": 0.0,
-            "bucket_limit": edges[1:], "bucket": values}
+    fields = _implied_stats(edges, values)
+    fields.update(split_histogram_type(typ)[1])
+    return {"min": edges[0] if edges else 0.0, **fields, "bucket_limit": edges[1:], "bucket": values}
 
 
 def image_kind(data: bytes) -> tuple[str, str] | None:
@@ -183,9 +246,83 @@ def text_value(array: np.ndarray) -> str:
     return json.dumps(decode(arr).tolist(), ensure_ascii=False)
 
 
-def blob_path(prefix_tag: str, step: int, ordinal: int, ext: str) -> str:
-    """The file path given to a file kept inside an event file (source side)."""
-    return f"{prefix_tag}/{step}_{ordinal}.{ext}"
+def blob_path(run_id: str, prefix_tag: str, step: int, ordinal: int, ext: str) -> str:
+    """The file path given to a file kept inside an event file (source side): unique per run
+    (`safe(run_id)` first, as W&B's `<run>/files/...` and neptune-exporter's `<project>/<run>/...`),
+    so two runs logging one tag at one step never share a file in an export."""
+    return f"{safe(run_id)}/{prefix_tag}/{step}_{ordinal}.{ext}"
+
+
+# -- restarts -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Restart:
+    """A training restart as TensorBoard sees it: at event `ordinal` of its directory, the points
+    read before it with a step >= `step` are orphaned (of every tag, or of `tags` only)."""
+
+    ordinal: int
+    step: int
+    tags: frozenset[str] | None = None
+
+
+class RestartTracker:
+    """TensorBoard's rules for orphaned data, per event directory (plugin_event_accumulator
+    `_MaybePurgeOrphanedData`, on by default with `--purge_orphaned_data`): with file_version >= 2
+    every SessionLog START after the first is a restart at its step; in older files a summary
+    event whose step is below the previous summary's step is one, for its tags."""
+
+    def __init__(self) -> None:
+        self.version: float | None = None
+        self.seen_start = False
+        self.recent = -1
+
+    def feed(self, ordinal: int, file_version: str, is_start: bool, step: int,
+             summary_tags: list[str] | None) -> Restart | None:
+        if file_version:
+            try:
+                self.version = float(file_version.split(":", 1)[1])
+            except (IndexError, ValueError):
+                pass
+        found = None
+        if self.version and self.version >= 2:
+            if is_start:
+                if self.seen_start:
+                    found = Restart(ordinal, step)
+                self.seen_start = True
+        elif summary_tags is not None and step < self.recent:
+            found = Restart(ordinal, step, frozenset(summary_tags))
+        if summary_tags is not None:
+            self.recent = step
+        return found
+
+
+# --tensorboard-orphans: which view of a restarted training moves
+ORPHANS_KEEP = "keep"                      # every point (TensorBoard with purging off)
+ORPHANS_DEFAULT_LOADER = "default-loader"  # what `tensorboard --logdir` shows (tensorboard-data-server)
+ORPHANS_PYTHON_LOADER = "python-loader"    # what `tensorboard --load_fast=false` shows
+ORPHAN_VIEWS = (ORPHANS_KEEP, ORPHANS_DEFAULT_LOADER, ORPHANS_PYTHON_LOADER)
+
+
+def preempted(steps_by_tag: dict[str, Any]) -> dict[str, bytearray]:
+    """TensorBoard's default loader (the Rust tensorboard-data-server) keeps each series' steps
+    increasing: a value at step s preempts the earlier values of its tag with a step >= s
+    (its reservoir's preemption, data/server/reservoir.rs).  Per tag, per value in file order:
+    1 where the value is hidden; only tags with a hidden value are returned."""
+    out = {}
+    for tag, steps in steps_by_tag.items():
+        arr = np.asarray(steps, dtype=np.int64)
+        if arr.size < 2 or bool(np.all(np.diff(arr) > 0)):
+            continue
+        later_min = np.minimum.accumulate(arr[::-1])[::-1]       # min of steps[k:]
+        hidden = np.zeros(arr.size, dtype=np.uint8)
+        hidden[:-1] = later_min[1:] <= arr[:-1]
+        out[tag] = bytearray(hidden.tobytes())
+    return out
+
+
+def orphaned(restarts: list[Restart], ordinal: int, step: int, tag: str) -> bool:
+    """Whether TensorBoard hides the point at event `ordinal`: a later restart at or below its step."""
+    return any(r.ordinal > ordinal and step >= r.step and (r.tags is None or tag in r.tags) for r in restarts)
 
 
 # -- params ---------------------------------------------------------------------------
@@ -236,17 +373,6 @@ def hparam_value(attribute_type: str, value: Any) -> tuple[str, Any] | None:
     return "string", str(value)
 
 
-def ms_from_datetime(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
-
-
 # -- steps ----------------------------------------------------------------------------
 
 _DENOM = 10**STEP_SCALE
@@ -264,5 +390,3 @@ def step_array(steps: np.ndarray, valid: np.ndarray | None, multiplier: int) -> 
     return decimal_steps(steps * factor, valid)
 
 
-def step_text(step: Decimal | None) -> str | None:
-    return None if step is None else format(step.normalize(), "f")

@@ -139,6 +139,7 @@ def protos():
         HParamsPluginData = plugin_data_pb2.HParamsPluginData
         DATA_CLASS_SCALAR = summary_pb2.DATA_CLASS_SCALAR
         DATA_CLASS_TENSOR = summary_pb2.DATA_CLASS_TENSOR
+        DATA_CLASS_UNKNOWN = summary_pb2.DATA_CLASS_UNKNOWN
 
     return P
 

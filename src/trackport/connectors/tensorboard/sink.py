@@ -3,8 +3,10 @@
 Layout: `LOGDIR/<safe(project_id)>/<safe(run_id)>/` (deterministic from the
 origin) holding
 - `trackport-origin.json`: written first; whose run this directory is;
-- `events.out.tfevents.<created>.trackport`: scalars (float64 `scalars`
-  tensors), text, histograms, images and the HParams session;
+- `events.out.tfevents.<created>.trackport`: scalars (float32 `scalars`
+  tensors as tf.summary.scalar writes them, plus an exact float64 twin under
+  the `trackport` plugin where float32 rounds), text, histograms, images and
+  the HParams session;
 - `trackport-files/<path>`: files TensorBoard has no summary for;
 - `trackport-run.json`: the completion mark, written LAST (atomic rename),
   with the exact params, file list and step multiplier the source reads back.
@@ -23,13 +25,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trackport.core.claims import LOCK_DIR_NAME
 from trackport.core.connector import RunPlan, RunWriter, Sink
-from trackport.core.errors import RunError
+from trackport.core.errors import RunError, RunScoped
+from trackport.core.files import copy_into
 from trackport.core.model import DestRun, Origin, RunRef
-from trackport.core.schema import DEST_STEP, PARAM_TYPES, VALUE_COLUMN
+from trackport.core.schema import DEST_STEP, PARAM_TYPES, VALUE_COLUMN, ms_from_datetime
+from trackport.core.steps import step_text
 
 from . import mapping as mp
 from . import reader
@@ -47,7 +53,8 @@ def _origin_dict(origin: Origin) -> dict:
 class TensorboardSink(Sink):
     capabilities = mp.CAPABILITIES
 
-    def __init__(self, logdir: Path, uri: str, options: dict[str, Any]):
+    def __init__(self, logdir: Path, uri: str, options: dict[str, Any], read_only: bool = False):
+        self.read_only = read_only
         self.logdir = logdir
         self.uri = uri
         self.options = options
@@ -55,6 +62,10 @@ class TensorboardSink(Sink):
     def run_dir(self, origin: Origin) -> Path:
         project, run = mp.run_dir_parts(origin.project_id, origin.run_id)
         return self.logdir / project / run
+
+    def claim_dir(self) -> Path:
+        """Inside the logdir (TensorBoard ignores a folder without event files; core/claims.py)."""
+        return self.logdir / LOCK_DIR_NAME
 
     def find_run(self, origin: Origin) -> DestRun | None:
         """Read-only: the completion mark says complete, the origin file says partial."""
@@ -66,11 +77,12 @@ class TensorboardSink(Sink):
                 if complete and not info.get("complete"):
                     continue
                 rel = directory.relative_to(self.logdir).as_posix()
-                return DestRun(rel, complete, directory.as_uri(), directory)
+                return DestRun(rel, complete, directory.as_uri(), directory,
+                               version=info.get("source_version") if complete else None)
         return None
 
     def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
-        if self.options.get("read_only"):
+        if self.read_only:
             raise RunError("this TensorBoard sink was opened read-only",
                            project_id=plan.origin.project_id, run_id=plan.origin.run_id)
         return TensorboardRunWriter(self, plan, self.run_dir(plan.origin))
@@ -95,10 +107,11 @@ class TensorboardSink(Sink):
         return lines
 
 
-class TensorboardRunWriter(RunWriter):
+class TensorboardRunWriter(RunScoped, RunWriter):
     def __init__(self, sink: TensorboardSink, plan: RunPlan, directory: Path):
         self.sink = sink
         self.plan = plan
+        self.err_run = plan.origin
         self.report = plan.report
         self.directory = directory
         self.origin = _origin_dict(plan.origin)
@@ -110,16 +123,12 @@ class TensorboardRunWriter(RunWriter):
         self.hist_types: dict[str, str] = {}
         self._tags: set[str] = set()
         self._prepare_directory()
-        created = mp.ms_from_datetime(plan.scan.value("sys/creation_time"))
+        created = ms_from_datetime(plan.scan.value("sys/creation_time"))
         if created is None and plan.scan.first_timestamp is not None:
-            created = mp.ms_from_datetime(plan.scan.first_timestamp)
+            created = ms_from_datetime(plan.scan.first_timestamp)
         self.created_s = mp.wall_seconds(created)
         name = f"events.out.tfevents.{int(self.created_s):010d}{mp.EVENT_FILE_SUFFIX}"
         self.events = reader.EventWriter(directory / name, self.created_s)
-
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.plan.origin.project_id, run_id=self.plan.origin.run_id,
-                        file=file)
 
     def _prepare_directory(self) -> None:
         """Claim the directory (origin file first); clear what an earlier, partial load left."""
@@ -201,17 +210,42 @@ class TensorboardRunWriter(RunWriter):
         self.events.write(self.P.Event(wall_time=wall, step=step, summary=self.P.Summary(value=[v])))
 
     def _scalars(self, table: pa.Table) -> None:
+        """Each point as `tf.summary.scalar` writes it: a DT_FLOAT scalar tensor of the `scalars`
+        plugin, the one encoding both TensorBoard loaders show (the default Rust data server ignores
+        DT_DOUBLE scalars).  A value float32 cannot hold exactly gets an exact DT_DOUBLE twin in the
+        same event, under the `trackport` plugin that no dashboard draws (mapping.exact_tag)."""
         values = table.column("float_value").to_pylist()
+        exact = np.asarray(pc.fill_null(table.column("float_value"), 0.0).to_numpy(zero_copy_only=False),
+                           dtype=np.float64)
+        with np.errstate(over="ignore"):
+            shown = exact.astype(np.float32)
+        rounded = ~((shown.astype(np.float64) == exact) | (np.isnan(shown) & np.isnan(exact)))
         P = self.P
         shape = P.TensorShapeProto()
+        twins, example = 0, None
         for path, step, wall, i in self._points(table, "float_series"):
             value = values[i]
             if value is None:
                 self.report.dropped("null_value", 1, path)
                 continue
-            tensor = P.TensorProto(dtype=P.DataType.DT_DOUBLE, tensor_shape=shape, double_val=[value])
-            self._emit(path, step, wall, self._metadata(path, mp.SCALARS, P.DATA_CLASS_SCALAR), tensor=tensor)
-        self.report.transformed("scalar_as_double_tensor", table.num_rows, table.column("attribute_path")[0].as_py())
+            v = P.Summary.Value(tag=path, tensor=P.TensorProto(
+                dtype=P.DataType.DT_FLOAT, tensor_shape=shape, float_val=[float(shown[i])]))
+            metadata = self._metadata(path, mp.SCALARS, P.DATA_CLASS_SCALAR)
+            if metadata is not None:
+                v.metadata.CopyFrom(metadata)
+            out = [v]
+            if rounded[i]:
+                twin = P.Summary.Value(tag=mp.exact_tag(path), tensor=P.TensorProto(
+                    dtype=P.DataType.DT_DOUBLE, tensor_shape=shape, double_val=[value]))
+                twin_metadata = self._metadata(twin.tag, mp.TRACKPORT_PLUGIN, P.DATA_CLASS_UNKNOWN)
+                if twin_metadata is not None:
+                    twin.metadata.CopyFrom(twin_metadata)
+                out.append(twin)
+                twins += 1
+                example = example or path
+            self.events.write(P.Event(wall_time=wall, step=step, summary=P.Summary(value=out)))
+        if twins:
+            self.report.transformed("scalar_float32_display", twins, example)
 
     def _texts(self, table: pa.Table) -> None:
         values = table.column("string_value").to_pylist()
@@ -234,9 +268,10 @@ class TensorboardRunWriter(RunWriter):
                 self.report.dropped("null_value", 1, path)
                 continue
             typ = h.get("type")
-            if typ != mp.HISTOGRAM_TYPE:
-                self.hist_types[path] = typ
-            fields = mp.histogram_to_proto_fields(h.get("edges") or [], h.get("values") or [])
+            base, _ = mp.split_histogram_type(typ)
+            if base != mp.HISTOGRAM_TYPE:
+                self.hist_types[path] = base
+            fields = mp.histogram_to_proto_fields(h.get("edges") or [], h.get("values") or [], typ)
             self._emit(path, step, wall, histo=self.P.HistogramProto(**fields))
 
     def _file_series(self, table: pa.Table) -> None:
@@ -250,7 +285,7 @@ class TensorboardRunWriter(RunWriter):
                 continue
             head = self._read(source, 16)
             kind = mp.image_kind(head)
-            step_key = mp.step_text(steps[i])
+            step_key = step_text(steps[i])
             if kind is not None:
                 # An image summary holds the encoded bytes in its event record (one image in memory).
                 data = self._read(source)
@@ -298,23 +333,9 @@ class TensorboardRunWriter(RunWriter):
     def _store(self, source: str) -> None:
         """Copy a file (or a file set's directory) beside the events, streaming."""
         target = self._target(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        files = self.plan.files
-        try:
-            local = files.local_path(source)
-            if local is not None and Path(local).is_dir():
-                shutil.copytree(local, target, dirs_exist_ok=True)
-                for root, _, names in os.walk(target):
-                    for name in names:
-                        self.report.files += 1
-                        self.report.bytes += os.path.getsize(os.path.join(root, name))
-                return
-            with files.open(source) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (OSError, ValueError) as exc:
-            raise self._err(f"cannot read file: {exc}", file=source) from None
-        self.report.files += 1
-        self.report.bytes += target.stat().st_size
+        n, size = copy_into(self.plan.files, source, target, self._err)
+        self.report.files += n
+        self.report.bytes += size
 
     # -- commit -----------------------------------------------------------------
 
@@ -357,13 +378,14 @@ class TensorboardRunWriter(RunWriter):
                 "images": self.images,
                 "histogram_types": self.hist_types,
                 "event_files": {self.events.path.name: self.events.path.stat().st_size},
+                "source_version": self.plan.source_version,
             }
             _write_json(self.directory / mp.MARKER, mark)
         except BaseException:
             self.abort()
             raise
         rel = self.directory.relative_to(self.sink.logdir).as_posix()
-        return DestRun(rel, True, self.directory.as_uri(), self.directory)
+        return DestRun(rel, True, self.directory.as_uri(), self.directory, version=self.plan.source_version)
 
     def abort(self) -> None:
         try:

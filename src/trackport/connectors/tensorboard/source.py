@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from array import array
 import json
 import logging
 import os
@@ -22,9 +23,10 @@ import pyarrow as pa
 
 from trackport.core.capabilities import Capabilities
 from trackport.core.connector import FileAccess, Source
-from trackport.core.errors import RunError
-from trackport.core.model import RunRef, Selection
+from trackport.core.errors import RunError, RunScoped, UsageError
+from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.schema import VALUE_COLUMN, SeriesColumns, rows_to_table
+from trackport.core.steps import step_text
 
 from . import mapping as mp
 from . import reader
@@ -65,6 +67,15 @@ class RunLocation:
         return {str(f.path.relative_to(self.root)): f.size for _, _, files in self.dirs for f in files}
 
 
+@dataclass
+class _Restarts:
+    """What a read of a run found about restarts, for its report."""
+
+    restarts: list[tuple[Path, mp.Restart]] = field(default_factory=list)   # SessionLog START rules
+    regressions: dict[str, tuple[int, int]] = field(default_factory=dict)   # tag -> (count, first step)
+    hidden: int = 0                    # points left out by --tensorboard-orphans
+
+
 @dataclass(frozen=True)
 class Blob:
     """A file kept inside an event file: the record, the summary value and the element."""
@@ -87,7 +98,10 @@ def read_json(path: Path) -> dict | None:
 
 
 class TensorboardSource(Source):
-    capabilities = Capabilities(integer_steps=True, replayable=True)
+    capabilities = Capabilities(integer_steps=True, replayable=True, transformations={
+        "orphans_hidden": "with --tensorboard-orphans default-loader or python-loader, the points that "
+                          "TensorBoard loader hides after a training restart are left out (docs/tensorboard.md)",
+    })
 
     def __init__(self, logdir: Path, uri: str, options: dict[str, Any]):
         self.logdir = logdir
@@ -99,6 +113,10 @@ class TensorboardSource(Source):
         self.subdirs_as_prefixes = bool(options.get("tensorboard_subdirs_as_prefixes"))
         self.tears: list[reader.Tear] = []
         self._run_tears: dict[tuple[str, str], list[reader.Tear]] = {}
+        self.orphans = options.get("tensorboard_orphans") or mp.ORPHANS_KEEP
+        if self.orphans not in mp.ORPHAN_VIEWS:
+            raise UsageError(f"--tensorboard-orphans {self.orphans!r}: use one of {', '.join(mp.ORPHAN_VIEWS)}")
+        self._run_restarts: dict[tuple[str, str], _Restarts] = {}    # per run, its last full read
         self._lock = threading.Lock()
         self._blobs: dict[tuple[str, str], dict[str, Blob]] = {}
         self._locations: dict[tuple[str, str], RunLocation] = {}
@@ -186,6 +204,18 @@ class TensorboardSource(Source):
     def describe_run(self, run: RunRef) -> str:
         return f"{run.project_id}/{run.run_id}"
 
+    def origin(self, ref: RunRef) -> Origin:
+        """A logdir has no id of its own; its runs' event files do.  The origin of a run is the
+        name of its first event file (`events.out.tfevents.<time>.<host>...`, named once by the
+        writer that started the run), with its project and run id (docs/tensorboard.md,
+        "Origin"): moving the logdir keeps it, another training never shares it."""
+        loc = self._location(ref)
+        names = sorted(f.path.name for _, _, files in loc.dirs for f in files)
+        return Origin(f"tensorboard:{names[0]}" if names else self.uri, ref.project_id, ref.run_id)
+
+    def legacy_origins(self, ref: RunRef) -> list[Origin]:
+        return [Origin(self.uri, ref.project_id, ref.run_id)]   # the logdir's path: earlier releases
+
     def run_version(self, ref: RunRef) -> str:
         """A digest of the bytes per event file of the run now: it changes while a training writes."""
         sizes = json.dumps(sorted(self._location(ref).version().items()))
@@ -196,6 +226,29 @@ class TensorboardSource(Source):
             tears = list(self._run_tears.get((run.project_id, run.run_id), ()))
         for tear in tears:
             report.warn(f"event file {tear}")
+        with self._lock:
+            found = self._run_restarts.get((run.project_id, run.run_id))
+        if found is None:
+            return
+        keep = self.orphans == mp.ORPHANS_KEEP
+        if found.restarts:
+            report.details["tensorboard_restarts"] = len(found.restarts)
+            for file, restart in found.restarts:
+                which = "" if restart.tags is None else f" of {', '.join(sorted(restart.tags))}"
+                report.warn(f"event file {file}: the training restarted at step {restart.step}; "
+                            f"`tensorboard --load_fast=false` hides the points{which} written before "
+                            f"it at or after that step" + (" (all were moved)" if keep else ""))
+        if found.regressions:
+            count = sum(n for n, _ in found.regressions.values())
+            report.details["tensorboard_step_regressions"] = count
+            tag, (_, step) = next(iter(sorted(found.regressions.items())))
+            report.warn(f"{count} point(s) of {len(found.regressions)} series do not come after the "
+                        f"series' previous step (a restart; first: {tag!r} at step {step}); TensorBoard's "
+                        f"default loader hides the earlier points at or after such a step"
+                        + (" (all were moved; --tensorboard-orphans default-loader leaves them out)"
+                           if keep else ""))
+        if found.hidden:
+            report.transformed("orphans_hidden", found.hidden, self.orphans)
 
     # -- reading ------------------------------------------------------------------
 
@@ -226,12 +279,14 @@ class TensorboardSource(Source):
 
     def _tear(self, run: RunRef, tear: reader.Tear) -> None:
         with self._lock:
-            if tear not in self.tears:
+            new = tear not in self.tears
+            if new:
                 self.tears.append(tear)
             seen = self._run_tears.setdefault((run.project_id, run.run_id), [])
             if tear not in seen:
                 seen.append(tear)
-        log.warning("run %s/%s: event file %s", run.project_id, run.run_id, tear)
+        if new:     # a run is read more than once (scan, write, files): say it once
+            log.warning("run %s/%s: event file %s", run.project_id, run.run_id, tear)
 
 
 class TensorboardFiles(FileAccess):
@@ -290,9 +345,13 @@ def extract_blob(blob: Blob) -> bytes:
     event = reader.parse_event(reader.read_record_at(blob.file, blob.offset))
     if blob.kind == "graph":
         return event.graph_def
+    if blob.kind == "meta_graph":
+        return event.meta_graph_def
     if blob.kind == "run_metadata":
         return event.tagged_run_metadata.run_metadata
     value = event.summary.value[blob.value_index]
+    if blob.kind == "plugin_content":
+        return value.metadata.plugin_data.content
     if blob.kind == "image":
         return value.image.encoded_image_string
     if blob.kind == "audio":
@@ -308,34 +367,50 @@ def extract_blob(blob: Blob) -> bytes:
     raise ValueError(f"unknown blob kind {blob.kind}")
 
 
-class _RunReader:
+class _RunReader(RunScoped):
     """One pass over a run's event files: rows (when `emit`) and the index of embedded files."""
 
     def __init__(self, source: TensorboardSource, run: RunRef, loc: RunLocation, emit: bool):
         self.source = source
         self.run = run
+        self.err_run = run
         self.loc = loc
         self.emit = emit
         self.rows = SeriesColumns()
         self.blobs: dict[str, Blob] = {}
         self.params: dict[str, tuple[str, Any]] = {}
         self.first_wall: float | None = None
+        # graph / meta graph files: one record -> a `file`; several (a session per `train` call) -> a
+        # `file_series` with each record's step and wall time
+        self.graphs: dict[str, list[tuple[int, int | None, str]]] = {}
         mark = loc.mark or {}
         self.image_paths: dict[str, dict[str, str]] = mark.get("images", {})
         self.hist_types: dict[str, str] = mark.get("histogram_types", {})
         self.multiplier = loc.multiplier
         self.P = reader.protos()
-
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.run.project_id, run_id=self.run.run_id, file=file)
+        self._START = self.P.Event.DESCRIPTOR.fields_by_name["session_log"].message_type \
+            .enum_types_by_name["SessionStatus"].values_by_name["START"].number
+        self.found = _Restarts()
+        self._tracker = mp.RestartTracker()
+        self._ordinal = 0
+        self._orphans: list[mp.Restart] = []       # python-loader view: the directory's restarts
+        self._hidden: dict[str, bytearray] = {}    # default-loader view: per tag, per value: hidden
+        self._seen: dict[str, int] = {}            # per tag: values read so far in the directory
+        self._last: dict[str, int] = {}            # per tag: the last step read in the directory
 
     def tables(self) -> Iterator[pa.Table]:
         for directory, prefix, files in self.loc.dirs:
+            # TensorBoard applies its restart rules per event directory (one accumulator each)
+            self._orphans, self._hidden = self._prescan(files)
+            self._tracker, self._ordinal, self._seen, self._last = mp.RestartTracker(), 0, {}, {}
             for index, event_file in enumerate(files):
                 yield from self._read_file(event_file, prefix)
         if self.rows:
             yield self._flush()
         self.source._remember_blobs(self.run, self.blobs)
+        if self.emit:
+            with self.source._lock:
+                self.source._run_restarts[(self.run.project_id, self.run.run_id)] = self.found
         if self.emit:
             table = self._single_values()
             if table.num_rows:
@@ -349,6 +424,61 @@ class _RunReader:
             raise self._err(f"{exc}; fix: steps beyond 10**12 cannot be held by the canonical format") from None
         self.rows.clear()
         return table
+
+    def _restart(self, event) -> mp.Restart | None:
+        what = event.WhichOneof("what")
+        ordinal = self._ordinal
+        self._ordinal += 1
+        tracker = self._tracker
+        if what == "summary" and tracker.version is not None and tracker.version >= 2:
+            return None     # the common case: summaries matter only to files before version 2
+        return tracker.feed(
+            ordinal, event.file_version, what == "session_log" and event.session_log.status == self._START,
+            event.step, [v.tag for v in event.summary.value] if what == "summary" else None)
+
+    def _prescan(self, files: list[EventFile]) -> tuple[list[mp.Restart], dict[str, bytearray]]:
+        """With --tensorboard-orphans, a first read of one event directory: a point is hidden by
+        what is written after it, so the view must be known before the rows are made."""
+        view = self.source.orphans
+        if view == mp.ORPHANS_KEEP:
+            return [], {}
+        self._tracker, self._ordinal = mp.RestartTracker(), 0
+        restarts, steps = [], {}
+        for event_file in files:
+            for _, data in reader.RecordReader(event_file.path, 0, stop=event_file.size):
+                try:
+                    event = self.P.Event.FromString(data)
+                except Exception:  # a record that is not an Event: the main pass reports it
+                    break
+                restart = self._restart(event)
+                if restart is not None:
+                    restarts.append(restart)
+                if view == mp.ORPHANS_DEFAULT_LOADER and event.WhichOneof("what") == "summary":
+                    for value in event.summary.value:
+                        steps.setdefault(value.tag, array("q")).append(event.step)
+        return (restarts if view == mp.ORPHANS_PYTHON_LOADER else []), mp.preempted(steps)
+
+    def _regressions(self, values, step: int) -> None:
+        """Count the values whose step does not come after their series' previous one."""
+        last_steps = self._last
+        for value in values:
+            tag = value.tag
+            last = last_steps.get(tag)
+            last_steps[tag] = step
+            if last is not None and step <= last and not tag.endswith(mp.EXACT_SUFFIX):
+                n, first = self.found.regressions.get(tag, (0, step))
+                self.found.regressions[tag] = (n + 1, first)
+
+    def _orphan(self, ordinal: int, step: int, tag: str) -> bool:
+        """Whether the chosen TensorBoard view hides this value."""
+        if tag.endswith(mp.EXACT_SUFFIX):
+            return False       # a scalar's exact twin: it goes with its scalar
+        k = self._seen.get(tag, 0)
+        self._seen[tag] = k + 1
+        if self._orphans and mp.orphaned(self._orphans, ordinal, step, tag):
+            return True
+        flags = self._hidden.get(tag)
+        return flags is not None and bool(flags[k])
 
     def _read_file(self, event_file: EventFile, prefix: str) -> Iterator[pa.Table]:
         records = reader.RecordReader(event_file.path, 0, stop=event_file.size)
@@ -371,14 +501,31 @@ class _RunReader:
     def _event(self, event, file: Path, offset: int, prefix: str, plugins: dict[str, str]) -> None:
         if event.wall_time and (self.first_wall is None or event.wall_time < self.first_wall):
             self.first_wall = event.wall_time
+        ordinal = self._ordinal
+        restart = self._restart(event)
+        if restart is not None and self.emit:
+            self.found.restarts.append((file, restart))
         what = event.WhichOneof("what")
         step = event.step
         ts = mp.wall_ms(event.wall_time)
         if what == "summary":
-            for index, value in enumerate(event.summary.value):
-                self._value(value, index, step, ts, file, offset, prefix, plugins)
+            values = event.summary.value
+            if self.emit:
+                self._regressions(values, step)
+            if self._orphans or self._hidden:
+                kept = [(i, v) for i, v in enumerate(values) if not self._orphan(ordinal, step, v.tag)]
+                if self.emit:
+                    self.found.hidden += len(values) - len(kept)
+            else:
+                kept = enumerate(values)
+            exact = self._exact_twins(values, plugins) if len(values) > 1 else None
+            for index, value in kept:
+                self._value(value, index, step, ts, file, offset, prefix, plugins, exact)
         elif what == "graph_def":
             self._blob(f"{prefix}tensorboard/graph", step, ts, Blob(file, offset, 0, "graph"), "pb", single=True)
+        elif what == "meta_graph_def":
+            self._blob(f"{prefix}tensorboard/meta_graph", step, ts, Blob(file, offset, 0, "meta_graph"), "pb",
+                       single=True)
         elif what == "tagged_run_metadata":
             tag = event.tagged_run_metadata.tag
             self._blob(f"{prefix}tensorboard/run_metadata/{tag}", step, ts,
@@ -389,12 +536,29 @@ class _RunReader:
                 .fields_by_name["status"].enum_type.values_by_number[log_msg.status].name
             text = status + (f": {log_msg.msg}" if log_msg.msg else "")
             self.rows.add(f"{prefix}tensorboard/session_log", "string_series", step, ts, text)
+            if log_msg.checkpoint_path:      # CHECKPOINT records name the checkpoint written
+                self.rows.add(f"{prefix}tensorboard/checkpoint_path", "string_series", step, ts,
+                              log_msg.checkpoint_path)
         elif what == "log_message" and self.emit:
             self.rows.add(f"{prefix}tensorboard/log_message", "string_series", step, ts,
                           event.log_message.message)
 
+    @staticmethod
+    def _exact_twins(values, plugins: dict[str, str]) -> dict[str, float] | None:
+        """{scalar tag: exact float64} of the `trackport` twins the sink writes beside a float32
+        scalar that rounds (mapping.exact_tag), in the same event."""
+        exact = None
+        for value in values:
+            name = value.metadata.plugin_data.plugin_name or plugins.get(value.tag, "")
+            if name == mp.TRACKPORT_PLUGIN:
+                tag = mp.scalar_of_exact_tag(value.tag)
+                if tag is not None and value.WhichOneof("value") == "tensor":
+                    exact = exact or {}
+                    exact[tag] = reader.tensor_scalar(value.tensor)
+        return exact
+
     def _value(self, value, index: int, step: int, ts: int | None, file: Path, offset: int,
-               prefix: str, plugins: dict[str, str]) -> None:
+               prefix: str, plugins: dict[str, str], exact: dict[str, float] | None = None) -> None:
         plugin_data = value.metadata.plugin_data
         if plugin_data.plugin_name and value.tag not in plugins:
             plugins[value.tag] = plugin_data.plugin_name
@@ -402,16 +566,21 @@ class _RunReader:
         kind = value.WhichOneof("value")
         path = prefix + value.tag
         if plugin == mp.HPARAMS:
-            if self.emit and not self.loc.own and plugin_data.content:
-                self._hparams(plugin_data.content, prefix)
+            if not self.loc.own and plugin_data.content:
+                self._hparams(plugin_data.content, prefix, Blob(file, offset, index, "plugin_content"), step, ts)
             return
+        if plugin == mp.TRACKPORT_PLUGIN and mp.scalar_of_exact_tag(value.tag) is not None:
+            return          # an exact twin: its value was taken with its scalar (_exact_twins)
         if kind == "simple_value":
             if self.emit:
                 self.rows.add(path, "float_series", step, ts, float(value.simple_value))
         elif kind == "histo":
             if self.emit:
-                h = mp.histogram_from_proto(value.histo.min, value.histo.bucket_limit, value.histo.bucket)
-                h["type"] = self.hist_types.get(path, h["type"])
+                histo = value.histo
+                h = mp.histogram_from_proto(histo.min, histo.bucket_limit, histo.bucket, histo.max,
+                                            histo.num, histo.sum, histo.sum_squares)
+                if path in self.hist_types:     # a type other than COUNTING, kept in the mark
+                    h["type"] = self.hist_types[path] + h["type"][len(mp.HISTOGRAM_TYPE):]
                 self.rows.add(path, "histogram_series", step, ts, h)
         elif kind == "image":
             ext = (mp.image_kind(value.image.encoded_image_string) or ("png",))[0] if self.emit else "png"
@@ -420,6 +589,10 @@ class _RunReader:
             self._blob(path, step, ts, Blob(file, offset, index, "audio"),
                        mp.audio_extension(value.audio.content_type))
         elif kind == "tensor":
+            if exact and plugin == mp.SCALARS and value.tag in exact:
+                if self.emit:
+                    self.rows.add(path, "float_series", step, ts, exact[value.tag])
+                return
             self._tensor(value, index, plugin, path, step, ts, file, offset)
 
     def _tensor(self, value, index: int, plugin: str, path: str, step: int, ts: int | None,
@@ -459,22 +632,38 @@ class _RunReader:
             self._blob(path, step, ts, Blob(file, offset, index, "tensor"), f"{plugin or 'tensor'}.pb")
 
     def _blob(self, attr: str, step: int, ts: int | None, blob: Blob, ext: str, single: bool = False) -> None:
-        step_key = mp.step_text(Decimal(step) / self.multiplier)
+        step_key = step_text(Decimal(step) / self.multiplier)
         own = self.image_paths.get(attr, {}).get(step_key)
         ordinal = 0
-        path = own or mp.blob_path(attr, step, ordinal, ext)
+        path = own or mp.blob_path(self.run.run_id, attr, step, ordinal, ext)
         while path in self.blobs:
             ordinal += 1
-            path = mp.blob_path(attr, step, ordinal, ext)
+            path = mp.blob_path(self.run.run_id, attr, step, ordinal, ext)
         self.blobs[path] = blob
         if self.emit:
             if single:
-                self.params[attr] = ("file", {"path": path})
+                self.graphs.setdefault(attr, []).append((step, ts, path))
             else:
                 self.rows.add(attr, "file_series", step, ts, path)
 
-    def _hparams(self, content: bytes, prefix: str) -> None:
+    def _hparams(self, content: bytes, prefix: str, blob: Blob, step: int, ts: int | None) -> None:
         data = self.P.HParamsPluginData.FromString(content)
+        if data.HasField("experiment"):
+            # the hparams experiment (each hparam's domain, the metric list): kept whole, as the
+            # serialized HParamsPluginData (tensorboard/plugins/hparams/plugin_data.proto)
+            self._blob(f"{prefix}tensorboard/hparams_experiment", step, ts, blob, "hparams.pb", single=True)
+            return
+        if not self.emit:
+            return
+        if data.HasField("session_end_info"):
+            end = data.session_end_info
+            status = type(end).DESCRIPTOR.fields_by_name["status"].enum_type.values_by_number.get(end.status)
+            self.params[f"{prefix}tensorboard/session_end/status"] = (
+                "string", status.name if status is not None else str(end.status))
+            if end.end_time_secs:
+                self.params[f"{prefix}tensorboard/session_end/end_time"] = (
+                    "datetime", datetime.fromtimestamp(round(end.end_time_secs * 1000) / 1000, tz=timezone.utc))
+            return
         if not data.HasField("session_start_info"):
             return
         for name, v in sorted(data.session_start_info.hparams.items()):
@@ -514,4 +703,12 @@ class _RunReader:
                              "datetime_value": created})
         for path, (typ, value) in sorted(self.params.items()):
             rows.append({"attribute_path": path, "attribute_type": typ, VALUE_COLUMN[typ]: value})
+        for path, points in sorted(self.graphs.items()):
+            if len(points) == 1:
+                rows.append({"attribute_path": path, "attribute_type": "file", "file_value": {"path": points[0][2]}})
+                continue
+            for step, ts, file in points:
+                rows.append({"attribute_path": path, "attribute_type": "file_series",
+                             "step": Decimal(step) / self.multiplier, "timestamp": ts,
+                             "file_value": {"path": file}})
         return rows_to_table(rows, {"project_id": self.run.project_id, "run_id": self.run.run_id})

@@ -48,7 +48,7 @@ _RETRY_AFTER = re.compile(r"retry[- ]after\D{0,5}(\d+(?:\.\d+)?)", re.I)
 
 
 def import_wandb():
-    """`import wandb` without pluto-ml's patch (client.py, DESIGN.md section 7)."""
+    """`import wandb` without pluto-ml's patch (client.py, docs/wandb.md)."""
     from .client import import_wandb as shared
 
     return shared()

@@ -9,7 +9,8 @@ Per run, in this order (all through api.py, the module that talks to wandb):
 - EVERY history row (`scan_history`: the run's exported history parquet files
   plus the not-yet-exported rows page by page; never the sampled
   `run.history()`), `_step` as step and `_timestamp` as timestamp;
-- system metrics under `monitoring/` (the `system.` prefix removed): the run's
+- system metrics under `monitoring/` (the one `system.` prefix the API adds removed,
+  named as the offline source names them: mapping.system_metric_points): the run's
   `wandb-events.jsonl` file when the server has one (every point), otherwise
   the server's `events` stream asked for every point (a server may sample it:
   the count is reported);
@@ -22,6 +23,7 @@ to the project's files folder of an export.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +46,7 @@ import pyarrow as pa
 
 from trackport.core.capabilities import Capabilities
 from trackport.core.connector import FileAccess, Source
-from trackport.core.errors import RunError, TransientError, UsageError
+from trackport.core.errors import RunError, RunScoped, TransientError, UsageError
 from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.registry import ParsedUri
 from trackport.core.schema import FILE_TYPES, VALUE_COLUMN, SeriesColumns, rows_to_table
@@ -78,7 +80,7 @@ API_SOURCE_TRANSFORMATIONS: dict[str, str] = {
     "(events(samples=N)); it may have sampled them (no wandb-events.jsonl file to read instead)",
 }
 API_SOURCE_DROPS: dict[str, str] = {
-    "history_row_without_step": "a history row with no `_step` (cannot be placed in a series)",
+    "history_row_without_step": mp.SOURCE_DROPS["history_row_without_step"],
 }
 
 CAPABILITIES = Capabilities(replayable=False, transformations={
@@ -220,8 +222,7 @@ class WandbApiSource(Source):
     def _tmpdir(self) -> Path:
         with self._lock:
             if self._tmp is None:
-                self._tmp = Path(tempfile.mkdtemp(prefix="trackport-wandb-api-",
-                                                  dir=self.options.get("tmp_dir"))).resolve()
+                self._tmp = Path(tempfile.mkdtemp(prefix="trackport-wandb-api-")).resolve()
                 self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
             return self._tmp
 
@@ -250,6 +251,17 @@ class WandbApiSource(Source):
         return self._files_for(run, self.api.run(loc.project, loc.run_id))
 
     # -- reading ----------------------------------------------------------------
+    def run_version(self, run: RunRef) -> str:
+        """A digest of what one run query says of the run (no history is read): its state,
+        heartbeat, history and console line counts and summary (its `_step`).  A training
+        logging a step moves the line count, the heartbeat and the summary."""
+        loc = self._locator(run)
+        wrun = _retrying(f"reading run {loc.run_id}", lambda: self.api.run(loc.project, loc.run_id))
+        attrs = getattr(wrun, "_attrs", None) or {}
+        state = [attrs.get(k) for k in ("state", "heartbeatAt", "historyLineCount", "logLineCount",
+                                        "summaryMetrics")]
+        return hashlib.blake2b(json.dumps(state, default=str).encode(), digest_size=12).hexdigest()
+
     def read_run(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
         loc = self._locator(run)
         wrun = self.api.run(loc.project, loc.run_id)
@@ -391,13 +403,14 @@ def _ms_of(row: dict) -> int | None:
     return None
 
 
-class _RunReader:
+class _RunReader(RunScoped):
     """One run, read once: single values, history pages, system metrics, console, files."""
 
     def __init__(self, source: WandbApiSource, ref: RunRef, run, select: Selection):
         self.source = source
         self.api = source.api
         self.ref = ref
+        self.err_run = ref
         self.run = run
         self.select = select
         self.types = select.types
@@ -465,9 +478,6 @@ class _RunReader:
                 {"project_id": self.ref.project_id, "run_id": self.ref.run_id},
             )
 
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.ref.project_id, run_id=self.ref.run_id, file=file)
-
     def tables(self) -> Iterator[pa.Table]:
         remote = self.api.files(self.run)
         files = self.source._files_for(self.ref, self.run, remote)
@@ -510,8 +520,10 @@ class _RunReader:
             extra=self._extra(attrs),
         )
         config = mp.unwrap_api_config(run.rawconfig or {})
+        wandb_config = config.get("_wandb")
         rows = mp.run_rows(info, self.hits) + mp.config_rows(config, self.hits) + \
-            mp.summary_rows(run.summary_metrics or {}, self.hits)
+            mp.summary_rows(run.summary_metrics or {}, self.hits) + \
+            mp.metric_config_rows(wandb_config.get("m") if isinstance(wandb_config, dict) else None)
         return rows_to_table(
             ({"attribute_path": r.path, "attribute_type": r.type, VALUE_COLUMN[r.type]: r.value} for r in rows),
             {"project_id": self.ref.project_id, "run_id": self.ref.run_id},
@@ -589,8 +601,7 @@ class _RunReader:
                 if key in ("_wandb", "_runtime"):
                     self.hits["system_bookkeeping_left_out"] = self.hits.get("system_bookkeeping_left_out", 0) + 1
                     continue
-                path = mp.system_metric_path(key)
-                for point in mp.history_points(path, value, self.hits):
+                for point in mp.system_metric_points(key, value, self.hits):
                     step = index.get(point.path, 0)
                     index[point.path] = step + 1
                     self.hits["system_metric_index_step"] = self.hits.get("system_metric_index_step", 0) + 1

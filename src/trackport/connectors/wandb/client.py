@@ -1,6 +1,6 @@
 """The only module of the offline source and the sink that imports `wandb` (always lazily).
 
-pluto-ml trap (DESIGN.md section 7): pluto-ml installs `zzzz_pluto_wandb_hook.pth`,
+pluto-ml trap (docs/wandb.md, 'The pluto-ml trap'): pluto-ml installs `zzzz_pluto_wandb_hook.pth`,
 which puts `pluto._wandb_hook._PlutoWandbFinder` on `sys.meta_path`; when `wandb` is
 imported with Pluto credentials around (PLUTO_API_KEY, `pluto login`), it replaces
 `wandb.init/log/finish` by versions that also log to Pluto
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 from trackport.core.errors import MissingExtraError, UsageError
@@ -83,6 +84,53 @@ def wandb_init(**kwargs):
     from wandb.sdk.wandb_init import init
 
     return init(**kwargs)
+
+
+_START_MS: dict[str, int] = {}     # run id -> the start its run record must carry, in ms
+_START_LOCK = threading.Lock()
+
+
+def _install_start_time_hook() -> None:
+    """Make the run record of a run given a start (`start_times`) carry that start.
+
+    wandb 0.31 offers no start-time setting that reaches the run: `wandb.init` overwrites
+    `settings.x_start_time` with `time.time()` (wandb/sdk/wandb_init.py:335), `Run.__init__`
+    sets `self._start_time = time.time()` (wandb/sdk/wandb_run.py:552, "TODO: eventually would
+    be nice to make this configurable"), and every run record is built from `run._start_time`
+    by `InterfaceBase._make_run` (wandb/sdk/interface/interface.py:232).  So `_make_run` is
+    wrapped, once per process: for a run id in `_START_MS` the record's `start_time` is set
+    after the SDK built it; every other run is left as the SDK makes it."""
+    from wandb.sdk.interface.interface import InterfaceBase
+
+    original = InterfaceBase._make_run
+    if getattr(original, "_trackport_start_time", False):
+        return
+
+    def _make_run(self, run):
+        record = original(self, run)
+        with _START_LOCK:
+            ms = _START_MS.get(record.run_id)
+        if ms is not None:
+            record.start_time.FromMilliseconds(ms)
+            run._start_time = ms / 1000
+        return record
+
+    _make_run._trackport_start_time = True
+    InterfaceBase._make_run = _make_run
+
+
+def set_start_time(run_id: str, ms: int) -> None:
+    """Until `forget_start_time(run_id)`, every record of run `run_id` carries its start at `ms`
+    (epoch milliseconds) instead of the time of `wandb.init`."""
+    import_wandb()
+    _install_start_time_hook()
+    with _START_LOCK:
+        _START_MS[run_id] = ms
+
+
+def forget_start_time(run_id: str) -> None:
+    with _START_LOCK:
+        _START_MS.pop(run_id, None)
 
 
 def current_base_url() -> str | None:

@@ -12,7 +12,13 @@ W&B facts this module encodes (wandb 0.31):
   or from the API sometimes `packedBins: {min, size, count}`
   (wandb/sdk/data_types/histogram.py);
 - system metrics are `system.<name>` in the API and `<name>` in offline
-  `stats` records;
+  `stats` records: W&B's server names an offline stats item `system.` + its key
+  (so a wandb 0.21 key `system.powerWatts` is `system.system.powerWatts` there),
+  a nested value (`network: {sent, recv}` of wandb 0.10-0.12) flattened with
+  '.' (`system.network.sent`): `send_stats` and `_flatten` of
+  wandb/sdk/internal/sender.py, e.g.
+  https://github.com/wandb/wandb/blob/v0.12.21/wandb/sdk/internal/sender.py;
+  `system_metric_points` gives both sources the same canonical paths;
 - the API returns config as `{key: {"value": v, "desc": ...}}`.
 """
 
@@ -26,11 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, NamedTuple
 
+from trackport.core.schema import ms_from_datetime
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Floats hold every integer of at most 53 bits exactly.
 FLOAT_EXACT_INT = 2**53
 
-# Canonical paths of run-level metadata (DESIGN.md section 2, `sys/` vocabulary).
+# Canonical paths of run-level metadata (docs/format.md, the `sys/` vocabulary).
 NAME = "sys/name"
 CUSTOM_RUN_ID = "sys/custom_run_id"
 DESCRIPTION = "sys/description"
@@ -62,6 +70,23 @@ SOURCE_TRANSFORMATIONS: dict[str, str] = {
     "each line stamped with the time of its first fragment",
     "system_metric_index_step": "system metric points stepped 0,1,2,... in arrival order "
     "(W&B system metrics have timestamps, no step)",
+    "system_metric_nested_key": "nested system metric value (wandb 0.10-0.12 `network: {sent, recv}`) "
+    "flattened to keys joined by '.' (`monitoring/network.sent`, as W&B's server names it)",
+    "resumed_runs_merged": "several offline run folders of one run id (a resumed run, a run started "
+    "again by a sweep agent) read as one run in time order: history once per step, the later "
+    "config, summary and run files winning (counted once per folder merged in)",
+    "resumed_file_replaced": "a run file a later folder of the same run id wrote again: the later "
+    "one is kept (as W&B keeps a run's last upload of a file)",
+}
+
+# What the W&B sources may leave out (run_report.dropped(kind, ...)): the exit code is 1
+# unless --allow-drops.
+SOURCE_DROPS: dict[str, str] = {
+    "history_row_without_step": "a history row with no `_step` (or one that is not an integer): "
+    "it cannot be placed in a series",
+    "resumed_step_repeated": "a history point a later folder of a resumed run logged again at a "
+    "step an earlier folder holds: the earlier point is kept (as W&B keeps a resumed run's "
+    "history and drops lower steps)",
 }
 
 
@@ -267,11 +292,6 @@ def run_rows(info: RunInfo, hits: dict[str, int] | None = None) -> list[Row]:
 HISTOGRAM_TYPE_NAME = "histogram"
 
 
-def history_key(keys: Iterable[str]) -> str:
-    """A history item's key parts (W&B `nested_key`) -> one key, parts joined by '.'."""
-    return ".".join(keys)
-
-
 def is_media(value: Any) -> bool:
     return isinstance(value, Mapping) and isinstance(value.get("_type"), str)
 
@@ -351,9 +371,158 @@ def history_points(key: str, value: Any, hits: dict[str, int]) -> list[HistoryPo
     return [HistoryPoint(key, "string_series", json_text(value))]
 
 
+SYSTEM_PREFIX = "system."
+
+
 def system_metric_path(name: str) -> str:
-    """`system.cpu` (API) or `cpu` (offline stats record) -> `monitoring/cpu`."""
-    return "monitoring/" + name.removeprefix("system.")
+    """A system metric as W&B's API names it (`system.cpu`) -> `monitoring/cpu`.
+
+    Only the one `system.` the API adds is removed: `system.system.powerWatts`
+    (an offline stats key `system.powerWatts`) -> `monitoring/system.powerWatts`.
+    """
+    return "monitoring/" + (name[len(SYSTEM_PREFIX):] if name.startswith(SYSTEM_PREFIX) else name)
+
+
+def stats_metric_name(key: str) -> str:
+    """W&B's (API) name of an offline `stats` record item: `system.` + its key."""
+    return SYSTEM_PREFIX + key
+
+
+def system_metric_points(name: str, value: Any, hits: dict[str, int]) -> list[HistoryPoint]:
+    """One system metric, named as W&B's API names it, -> canonical points under `monitoring/`.
+
+    A nested value is flattened with '.' as W&B's server does for stats records
+    (`system.network: {sent, recv}` -> `system.network.sent`, `system_metric_nested_key`);
+    a leaf is classified as a history value (numbers -> float_series, ...).
+    """
+    if isinstance(value, Mapping) and value and not is_media(value):
+        _count(hits, "system_metric_nested_key")
+        out: list[HistoryPoint] = []
+        for sub, subvalue in value.items():
+            out.extend(system_metric_points(f"{name}.{sub}", subvalue, hits))
+        return out
+    return history_points(system_metric_path(name), value, hits)
+
+
+# ---------------------------------------------------------------------------
+# metric definitions (`define_metric`: custom x-axes)
+#
+# `run.define_metric(name, step_metric=..., step_sync=..., hidden=..., summary=...)` is kept
+# as one string attribute per metric: `wandb/define_metric/<name>` (a glob name such as
+# `train/*` keeps its `*`) holding compact JSON with sorted keys and only the fields set:
+# `step_metric` (the x-axis key), `step_sync`, `hidden`, `summary` (list, in W&B's field
+# order), `goal` (`minimize`/`maximize`, older SDKs), `expanded_from_glob`.  `{}` is a metric
+# defined with nothing else.  The offline log has MetricRecords (wandb_internal.proto); the
+# server keeps them in config `_wandb.m` as wandb-core encodes them: a list of dicts keyed by
+# field number ("1" name, "2" glob name, "5" 1-based index of the step metric in the list,
+# "6" options [1 step_sync, 2 hidden, 3 defined], "7" summary [1 min, 2 max, 3 mean, 4 best,
+# 5 last, 6 none, 7 copy, 8 first], "8" goal, "10" expanded from glob).
+
+DEFINE_METRIC_PREFIX = "wandb/define_metric/"
+METRIC_SUMMARY_OPS = ("min", "max", "mean", "best", "last", "none", "copy", "first")  # fields 1..8
+METRIC_GOALS = {1: "minimize", 2: "maximize"}
+# what wandb 0.31's `run.define_metric` can write back
+METRIC_WRITABLE_SUMMARY = {"min", "max", "mean", "last", "none", "copy", "first"}
+
+
+def metric_definition_text(step_metric: str = "", step_sync: bool = False, hidden: bool = False,
+                           summary: Iterable[str] = (), goal: str = "",
+                           expanded_from_glob: bool = False) -> str:
+    """The canonical JSON text of one metric definition (only the fields set)."""
+    out: dict[str, Any] = {}
+    if step_metric:
+        out["step_metric"] = step_metric
+    if step_sync:
+        out["step_sync"] = True
+    if hidden:
+        out["hidden"] = True
+    ops = [op for op in METRIC_SUMMARY_OPS if op in set(summary)]
+    if ops:
+        out["summary"] = ops
+    if goal:
+        out["goal"] = goal
+    if expanded_from_glob:
+        out["expanded_from_glob"] = True
+    return json.dumps(out, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def metric_record_rows(records: Iterable[Any]) -> list[Row]:
+    """Offline MetricRecords (protobuf, in log order) -> `wandb/define_metric/<name>` rows.
+
+    Several records of one name merge as the SDK merges them: a record with
+    `_control.overwrite` replaces the earlier definition, any other fills in the fields it
+    sets (protobuf MergeFrom).  Records naming neither a metric nor a glob are skipped.
+    """
+    merged: dict[str, Any] = {}
+    for record in records:
+        name = record.name or record.glob_name
+        if not name:
+            continue
+        known = merged.get(name)
+        if known is None or record._control.overwrite:
+            copy = type(record)()
+            copy.CopyFrom(record)
+            merged[name] = copy
+        else:
+            known.MergeFrom(record)
+    rows = []
+    for name, m in merged.items():
+        summary = [op for op in METRIC_SUMMARY_OPS if getattr(m.summary, op)]
+        text = metric_definition_text(m.step_metric, m.options.step_sync, m.options.hidden, summary,
+                                      METRIC_GOALS.get(int(m.goal), ""), m.expanded_from_glob)
+        rows.append(Row(DEFINE_METRIC_PREFIX + name, "string", text))
+    return rows
+
+
+def metric_config_rows(entries: Any) -> list[Row]:
+    """Config `_wandb.m` (the server's encoding, see above) -> `wandb/define_metric/<name>` rows.
+
+    An entry with no field but its name and no `defined` option is a step metric W&B
+    created itself for a `step_metric` reference: it is not a definition and is left out
+    (the raw list stays at `wandb/config/_wandb/m`).
+    """
+    if not isinstance(entries, list):
+        return []
+    names = [e.get("1") or e.get("2") if isinstance(e, Mapping) else None for e in entries]
+    rows = []
+    for entry, name in zip(entries, names):
+        if not isinstance(name, str) or not name:
+            continue
+        options = set(entry.get("6") or ())
+        index = entry.get("5")
+        step_metric = ""
+        if isinstance(index, int) and 1 <= index <= len(names) and isinstance(names[index - 1], str):
+            step_metric = names[index - 1]
+        elif isinstance(entry.get("4"), str):     # an unresolved step_metric name
+            step_metric = entry["4"]
+        summary = [METRIC_SUMMARY_OPS[n - 1] for n in entry.get("7") or ()
+                   if isinstance(n, int) and 1 <= n <= len(METRIC_SUMMARY_OPS)]
+        goal = METRIC_GOALS.get(entry.get("8"), "")
+        expanded = bool(entry.get("10"))
+        if not (step_metric or options or summary or goal or expanded):
+            continue
+        rows.append(Row(DEFINE_METRIC_PREFIX + name, "string", metric_definition_text(
+            step_metric, 1 in options, 2 in options, summary, goal, expanded)))
+    return rows
+
+
+def metric_definition(text: Any) -> dict | None:
+    """A `wandb/define_metric/<name>` value -> its fields (None when it is not a JSON object)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def metric_unwritable(definition: Mapping[str, Any]) -> list[str]:
+    """Fields of a definition wandb 0.31's `define_metric` cannot write (goal, summary best, ...)."""
+    out = [k for k in ("goal", "expanded_from_glob") if definition.get(k)]
+    if any(op not in METRIC_WRITABLE_SUMMARY for op in definition.get("summary") or ()):
+        out.append("summary")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -455,8 +624,15 @@ SINK_TRANSFORMATIONS: dict[str, str] = {
     "edges != values + 1) logged as JSON text at its key (read back as the histogram)",
     "key_escaped": "series key starting with '_' (W&B's reserved prefix) logged as "
     "'trackport_escaped/<key>' (read back under its path)",
+    "creation_time_at_copy": "online only: W&B's server dates a run (createdAt) when the copy "
+    "creates it (wandb-core's UpsertBucket mutation carries no start time); the run record "
+    "and config keep sys/creation_time (offline runs keep it in the .wandb run record)",
     "tag_skipped": "tag W&B refuses (empty or over 64 characters) not set as a W&B tag; "
     "kept in config sys/tags",
+    "metric_definition_partial": "a wandb/define_metric/<name> field wandb 0.31's define_metric "
+    "cannot set (goal, summary 'best', expanded_from_glob) is left out of the W&B metric "
+    "definition (the attribute keeps it, in config and the manifest); a value that is not a JSON "
+    "object defines no metric",
 }
 
 SINK_CAPABILITIES = Capabilities(
@@ -482,10 +658,7 @@ def single_json(attribute_type: str, value: Any) -> Any:
         return None
     if attribute_type == "datetime":
         if isinstance(value, datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=timezone.utc)
-            delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
-            return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+            return ms_from_datetime(value)
         return int(value)
     if attribute_type == "string_set":
         return list(value)

@@ -41,10 +41,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from trackport.core.connector import RunPlan, RunWriter, Sink
-from trackport.core.errors import RunError, UsageError
+from trackport.core.errors import RunError, RunScoped, UsageError
+from trackport.core.files import materialise
 from trackport.core.model import DestRun, Origin, RunRef
 from trackport.core.registry import ParsedUri
-from trackport.core.schema import DEST_STEP, FILE_TYPES, HISTOGRAM_TYPE, VALUE_COLUMN
+from trackport.core.schema import DEST_STEP, FILE_TYPES, HISTOGRAM_TYPE, VALUE_COLUMN, ms_from_datetime
 
 from . import mapping as mp
 from .datastore import DatastoreError, LogReader
@@ -64,7 +65,7 @@ _SPOOL_SCHEMA = pa.schema([
 _LOG_CHUNK = 20_000
 
 
-def open_wandb_sink(parsed: ParsedUri, options: dict[str, Any]) -> "WandbSink":
+def open_wandb_sink(parsed: ParsedUri, options: dict[str, Any], read_only: bool = False) -> "WandbSink":
     parts = [p for p in parsed.rest[2:].split("/") if p]
     if not parts or len(parts) > 2:
         raise UsageError(f"bad W&B destination {parsed.display!r}: use wandb://ENTITY/PROJECT or wandb://ENTITY")
@@ -75,7 +76,7 @@ def open_wandb_sink(parsed: ParsedUri, options: dict[str, Any]) -> "WandbSink":
     base = Path(base).expanduser()
     if not base.is_absolute():
         base = Path.cwd() / base
-    return WandbSink(parts[0], parts[1] if len(parts) == 2 else None, mode, base, options)
+    return WandbSink(parts[0], parts[1] if len(parts) == 2 else None, mode, base, options, read_only=read_only)
 
 
 @dataclass
@@ -86,13 +87,23 @@ class _Found:
 class WandbSink(Sink):
     capabilities = mp.SINK_CAPABILITIES
 
-    def __init__(self, entity: str, project: str | None, mode: str, base_dir: Path, options: dict[str, Any]):
+    def __init__(self, entity: str, project: str | None, mode: str, base_dir: Path, options: dict[str, Any],
+                 read_only: bool = False):
         self.entity = entity
+        self.read_only = read_only
         self.project = project
         self.mode = mode
         self.base_dir = base_dir
         self.options = dict(options)
         self.uri = f"wandb://{entity}/{project}" if project else f"wandb://{entity}"
+
+    def preflight(self, read_only: bool = False) -> None:
+        """Offline: the folder the run files go to takes files."""
+        if self.mode == "offline":
+            from trackport.core.connector import check_output_folder
+
+            check_output_folder(self.base_dir, f"{self.uri} (--wandb-dir)",
+                                read_only or self.read_only)
 
     # -- identity ----------------------------------------------------------------
 
@@ -109,6 +120,15 @@ class WandbSink(Sink):
         return sorted(p for p in wandb_dir.glob(f"offline-run-*-{run_id}")
                       if p.is_dir() and not p.is_symlink())
 
+    def claim_dir(self) -> Path | None:
+        """Offline: inside the `wandb` folder, for every process on this machine; online: per
+        user on this machine (core/claims.py)."""
+        if self.mode == "offline":
+            from trackport.core.claims import LOCK_DIR_NAME
+
+            return self.base_dir / "wandb" / LOCK_DIR_NAME
+        return super().claim_dir()
+
     def find_run(self, origin: Origin) -> DestRun | None:
         """Read-only: the offline run dirs (offline mode) or the server (online mode)."""
         run_id = self.run_id_for(origin)
@@ -116,17 +136,25 @@ class WandbSink(Sink):
             dirs = self._offline_dirs(run_id)
             if not dirs:
                 return None
-            complete = any(_offline_complete(d) for d in dirs)
-            return DestRun(run_id, complete, None, _Found(dirs))
+            marks = [m for m in (_offline_mark(d) for d in dirs) if mp.is_complete(m)]
+            return DestRun(run_id, bool(marks), None, _Found(dirs), version=_version(marks[-1] if marks else {}))
         from .client import find_online_run
 
         config = find_online_run(self.entity, self.project_for(origin), run_id)
         if config is None:
             return None
-        return DestRun(run_id, mp.is_complete(config), None, None)
+        return DestRun(run_id, mp.is_complete(config), None, config.get(mp.TRACKPORT_KEY),
+                       version=_version(config))
 
     def begin_run(self, plan: RunPlan, resume: DestRun | None) -> RunWriter:
-        if resume is not None:
+        if self.read_only:
+            raise RunError("this W&B sink was opened read-only", project_id=plan.origin.project_id,
+                           run_id=plan.origin.run_id)
+        after = None
+        if resume is not None and resume.complete and self.mode != "offline":
+            # complete, but the source run grew since (another run_version): append its new steps
+            after = _append_after(resume.locator, plan)
+        if resume is not None and after is None:
             if self.mode == "offline" and isinstance(resume.locator, _Found):
                 # A partial offline run is ours (same deterministic id) and was never synced:
                 # start it again from nothing rather than append to it.
@@ -142,7 +170,7 @@ class WandbSink(Sink):
                     "config); W&B would drop the steps it already holds if logged again, so trackport "
                     "does not write into it. Fix: delete that run in W&B and rerun the copy (or copy "
                     "into another project)", project_id=plan.ref.project_id, run_id=plan.ref.run_id)
-        return WandbRunWriter(self, plan)
+        return WandbRunWriter(self, plan, after)
 
     def as_source(self):
         if self.mode != "offline":
@@ -180,17 +208,54 @@ class WandbSink(Sink):
         parent = plan.scan.value(mp.FORK_PARENT)
         if parent:
             plan.report.transformed("fork_recorded", 1, str(parent))
+        defined = _metric_definitions(plan.scan.values, lambda kind, path: plan.report.transformed(kind, 1, path))
+        if defined:
+            lines.append(f"{len(defined)} metric definition(s) (define_metric: custom x-axes)")
         return lines
 
 
-def _offline_complete(run_dir: Path) -> bool:
-    """Whether the run's log holds config `_trackport.complete = true` (reads only)."""
+def _metric_definitions(singles, count) -> list[tuple[str, dict]]:
+    """(path, fields) of every `wandb/define_metric/<name>` single value, in path order; `count(kind,
+    path)` is called for a definition written short (`metric_definition_partial`)."""
+    out = []
+    for path, (kind, value) in sorted(singles.items()):
+        if not path.startswith(mp.DEFINE_METRIC_PREFIX) or len(path) == len(mp.DEFINE_METRIC_PREFIX):
+            continue
+        fields = mp.metric_definition(value) if kind == "string" else None
+        if fields is None or mp.metric_unwritable(fields):
+            count("metric_definition_partial", path)
+        if fields is not None:
+            out.append((path, fields))
+    return out
+
+
+def _append_after(mark: Any, plan: RunPlan) -> tuple[int, int, dict] | None:
+    """(last step, points, mark) the completion mark of a run copied before records, when the
+    run can be grown in place (same step multiplier).  None: a mark without them (an earlier
+    release) or another multiplier: refused like a partial run."""
+    if not isinstance(mark, dict) or not isinstance(mark.get("last_step"), int) or \
+            not isinstance(mark.get("points"), int):
+        return None
+    multiplier = plan.steps.multiplier if plan.steps is not None else 1
+    if mark.get("multiplier") != multiplier:
+        return None
+    return mark["last_step"], mark["points"], mark
+
+
+def _version(config: dict) -> str | None:
+    """The source's run_version recorded with a complete mark (None: none recorded)."""
+    mark = config.get(mp.TRACKPORT_KEY)
+    return mark.get("source_version") if mp.is_complete(config) and isinstance(mark, dict) else None
+
+
+def _offline_mark(run_dir: Path) -> dict:
+    """The run's `_trackport` config as its log holds it (reads only): {} when unreadable."""
     from .client import internal_pb2
 
     pb = internal_pb2()
     logs = sorted(run_dir.glob("*.wandb"))
     if not logs:
-        return False
+        return {}
     config: dict = {}
     needle = mp.TRACKPORT_KEY.encode()
     try:
@@ -207,18 +272,22 @@ def _offline_complete(run_dir: Path) -> bool:
                 if keys[0] == mp.TRACKPORT_KEY:
                     mp.set_nested(config, keys, mp.load_json(item.value_json))
     except (DatastoreError, OSError, ValueError):
-        return False
-    return mp.is_complete(config)
+        return {}
+    return config
 
 
-class WandbRunWriter(RunWriter):
-    def __init__(self, sink: WandbSink, plan: RunPlan):
+class WandbRunWriter(RunScoped, RunWriter):
+    def __init__(self, sink: WandbSink, plan: RunPlan, after: tuple[int, int, dict] | None = None):
         self.sink = sink
         self.plan = plan
+        # a grown run: (last step, points, mark) already on the server; only later steps are logged
+        self._after = after
+        self._extent: tuple[int, int] | None = None   # (last step, points) of this copy, for the mark
         self.report = plan.report
         self.origin = plan.origin
         self.project_id = plan.ref.project_id
         self.source_run = plan.ref.run_id
+        self.err_run = plan.ref
         self.run_id = sink.run_id_for(plan.origin)
         self.tmp = Path(tempfile.mkdtemp(prefix="trackport-wandb-"))
         self.spool_path = self.tmp / "series.arrow"
@@ -246,9 +315,6 @@ class WandbRunWriter(RunWriter):
     def _origin_json(self) -> dict:
         return {"uri": self.origin.uri, "project_id": self.origin.project_id, "run_id": self.origin.run_id}
 
-    def _err(self, message: str, file: str | None = None) -> RunError:
-        return RunError(message, project_id=self.project_id, run_id=self.source_run, file=file)
-
     def _count(self, kind: str, path: str) -> None:
         if (kind, path) not in self._counted:
             self._counted.add((kind, path))
@@ -266,7 +332,7 @@ class WandbRunWriter(RunWriter):
         )
 
     def _init(self):
-        from .client import wandb_init
+        from .client import forget_start_time, set_start_time, wandb_init
 
         scan = self.plan.scan
         config = {path: mp.single_json(kind, value) for path, (kind, value) in sorted(scan.values.items())
@@ -285,6 +351,11 @@ class WandbRunWriter(RunWriter):
             self._count("fork_recorded", mp.FORK_PARENT)
         self.sink.base_dir.mkdir(parents=True, exist_ok=True)
         wb_settings = self._settings()
+        created = ms_from_datetime(scan.value(mp.CREATION_TIME))
+        if created is not None:
+            set_start_time(self.run_id, created)   # the run record starts when the source run did
+            if self.sink.mode == "online":
+                self._count("creation_time_at_copy", mp.CREATION_TIME)
         try:
             return wandb_init(
                 id=self.run_id, project=self.sink.project_for(self.origin), entity=self.sink.entity,
@@ -293,6 +364,7 @@ class WandbRunWriter(RunWriter):
                 resume="allow", dir=str(self.sink.base_dir), settings=wb_settings,
             )
         except Exception as exc:  # the SDK raises many kinds (CommError, UsageError, ...)
+            forget_start_time(self.run_id)
             raise self._err(f"wandb.init failed: {type(exc).__name__}: {exc}") from None
 
     # -- write -------------------------------------------------------------------
@@ -386,20 +458,7 @@ class WandbRunWriter(RunWriter):
             })
 
     def _local(self, source: str) -> Path:
-        files = self.plan.files
-        try:
-            local = files.local_path(source)
-            if local is None:
-                local = self.tmp / "in" / str(self._files_n) / (Path(source).name or "file")
-                local.parent.mkdir(parents=True, exist_ok=True)
-                with files.open(source) as src, open(local, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as exc:
-            raise self._err(f"cannot read file: {exc}", file=source) from None
-        local = Path(local)
-        if not local.exists():
-            raise self._err("file not found", file=source)
-        return local
+        return materialise(self.plan.files, source, self.tmp / "in", self._err)
 
     # -- commit ------------------------------------------------------------------
 
@@ -414,6 +473,12 @@ class WandbRunWriter(RunWriter):
         with pa.memory_map(str(self.spool_path), "r") as source:
             table = pa.ipc.open_file(source).read_all()
             steps = table.column("dest_step").to_numpy()
+            self._extent = (int(steps.max()), int(len(steps))) if len(steps) else None
+            if self._after is not None and int((steps <= self._after[0]).sum()) != self._after[1]:
+                raise self._err(
+                    f"the source run grew with points at or below step {self._after[0]}, the last step "
+                    f"W&B run {self.run_id} holds; W&B drops a step logged again at or below its last "
+                    "one, so they cannot be added. Fix: delete that run in W&B and rerun the copy")
             order = np.argsort(steps, kind="stable")
             pending_step = None
             pending: dict[str, Any] = {}
@@ -459,6 +524,8 @@ class WandbRunWriter(RunWriter):
         return histogram(counts, edges)
 
     def _log_step(self, step: int, values: dict[str, Any], stamps: dict[str, int | None]) -> None:
+        if self._after is not None and step <= self._after[0]:
+            return   # on the server already (a grown run: only later steps are new)
         known = [t for t in stamps.values() if t is not None]
         row_ts = min(known) if known else None
         data = dict(values)
@@ -475,6 +542,7 @@ class WandbRunWriter(RunWriter):
     def commit(self) -> DestRun:
         try:
             self._log_series()
+            self._define_metrics()
             manifest = self.files_dir / mp.MANIFEST_PATH
             manifest.parent.mkdir(parents=True, exist_ok=True)
             manifest.write_text(mp.dumps_manifest(self.manifest), encoding="utf-8")
@@ -495,10 +563,40 @@ class WandbRunWriter(RunWriter):
             self.abort()
             raise
         self._cleanup()
-        return DestRun(self.run_id, True, url, None)
+        return DestRun(self.run_id, True, url, None, version=self.plan.source_version)
+
+    def _define_metrics(self) -> None:
+        """`run.define_metric` for every `wandb/define_metric/<name>` value, AFTER the history:
+        a definition is run-level (config `_wandb.m`, what W&B's UI plots by), and defined
+        before the history its `step_sync` would make the SDK add step-metric values to rows
+        that did not have them."""
+        singles = {path: (kind, value) for path, (kind, value) in self.manifest["singles"].items()}
+        for path, fields in _metric_definitions(singles, self._count):
+            name = path[len(mp.DEFINE_METRIC_PREFIX):]
+            summary = [op for op in fields.get("summary") or () if op in mp.METRIC_WRITABLE_SUMMARY]
+            step_metric = fields.get("step_metric")
+            try:
+                self.run.define_metric(
+                    name, step_metric=step_metric if isinstance(step_metric, str) and step_metric else None,
+                    step_sync=bool(fields.get("step_sync")), hidden=bool(fields.get("hidden")) or None,
+                    summary=",".join(summary) or None)
+            except Exception as exc:  # wandb.Error for a name it refuses ('*' inside the name)
+                self._count("metric_definition_partial", path)
+                log.warning("W&B run %s: define_metric(%r) refused (%s: %s); kept in config as %s",
+                            self.run_id, name, type(exc).__name__, exc, path)
 
     def _mark(self, complete: bool) -> dict:
-        return {"format": mp.MANIFEST_VERSION, "origin": self._origin_json(), "complete": complete}
+        if not complete and self._after is not None:
+            # a grown run keeps its old mark while steps are appended: a failed append is
+            # appended again after the same last step (W&B holds what it already got once)
+            return self._after[2]
+        mark = {"format": mp.MANIFEST_VERSION, "origin": self._origin_json(), "complete": complete}
+        if complete and self.plan.source_version is not None:
+            mark["source_version"] = self.plan.source_version   # find_run's DestRun.version
+        if complete:   # what a later copy of the grown run appends after (_append_after)
+            mark["multiplier"] = self.plan.steps.multiplier if self.plan.steps is not None else 1
+            mark["last_step"], mark["points"] = self._extent or (-1, 0)
+        return mark
 
     def _mark_online(self, attempts: int = 5) -> None:
         """Config `_trackport.complete = true` on the finished run (`Run.update()`).
@@ -544,6 +642,9 @@ class WandbRunWriter(RunWriter):
         if self._closed:
             return
         self._closed = True
+        from .client import forget_start_time
+
+        forget_start_time(self.run_id)
         if self._spool is not None:
             try:
                 self._spool.close()

@@ -2,9 +2,14 @@
 
 Reads each run's `.wandb` transaction log (datastore.LogReader) and replays its
 records: run, config, summary, history, stats (system metrics), output_raw
-(console), telemetry, exit, artifact; then the run's `files/` directory.  The
+(console), telemetry, exit, artifact, metric (define_metric); then the run's `files/` directory.  The
 protobuf classes come from the installed wandb package (`wandb.proto`, loaded in
 client.py); the log itself is parsed here.
+
+Several folders of one run id (a run resumed offline, a run a sweep agent
+started twice) are one run: their logs are replayed in time order, as W&B's
+server merges a resumed run (history once per step, the later config, summary
+and files winning); the merge is counted and named in the run's report.
 
 Memory stays bounded: history points go into column lists that become an Arrow
 table every `_BATCH_ROWS` points; only config/summary (latest values) and the
@@ -13,10 +18,13 @@ current console line are held for the whole run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +34,7 @@ import pyarrow as pa
 
 from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, UsageError
-from trackport.core.model import RunRef, Selection
+from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.schema import (
     FILE_TYPE,
     SCHEMA,
@@ -44,13 +52,34 @@ log = logging.getLogger(__name__)
 
 _BATCH_ROWS = 50_000
 _RUN_DIR = re.compile(r"^(offline-run|run)-\d{8}_\d{6}-(?P<id>.+)$")
+# The origin of every offline run: with its entity/project and run id, which W&B makes unique
+# (docs/wandb.md, "Origin").
+OFFLINE_ORIGIN = "wandb:offline"
 _RUN_RECORD_PEEK = 200   # records to look at for the run record when listing
 
 
 @dataclass(frozen=True)
 class Locator:
+    run_dir: Path       # the run's (latest) folder
+    log_file: Path
+    # every folder of the run id as (run dir, log file), in time order, when there are several
+    parts: tuple[tuple[Path, Path], ...] = ()
+
+    @property
+    def folders(self) -> tuple[tuple[Path, Path], ...]:
+        return self.parts or ((self.run_dir, self.log_file),)
+
+
+@dataclass
+class _Found:
+    """One run folder as listed: its identity and start time (None without a run record)."""
+
     run_dir: Path
     log_file: Path
+    project: str
+    run_id: str
+    start_ms: int | None
+    has_run_record: bool
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -118,8 +147,12 @@ class WandbOfflineSource(Source):
         notes = self._notes.get((run.project_id, run.run_id), {"transformations": {}, "warnings": []})
         for kind, count in sorted(notes["transformations"].items()):
             report.transformed(kind, count)
+        for kind, count in sorted(notes.get("drops", {}).items()):
+            report.dropped(kind, count)
         for warning in notes["warnings"]:
             report.warn(warning)
+        if notes.get("details"):
+            report.details["source"] = dict(notes["details"])
 
     @property
     def pb(self):
@@ -132,17 +165,45 @@ class WandbOfflineSource(Source):
     # -- listing ----------------------------------------------------------------
 
     def list_runs(self, select: Selection) -> Iterator[RunRef]:
-        for run_dir in find_run_dirs(self.root):
-            log_file = _log_file(run_dir)
-            project, run_id = self._identity(run_dir, log_file)
+        for project, run_id, folders in self._grouped():
             if select.wants_run(project, run_id):
-                yield RunRef(project, run_id, Locator(run_dir, log_file))
+                last = folders[-1]
+                parts = tuple((f.run_dir, f.log_file) for f in folders) if len(folders) > 1 else ()
+                yield RunRef(project, run_id, Locator(last.run_dir, last.log_file, parts))
 
-    def _identity(self, run_dir: Path, log_file: Path) -> tuple[str, str]:
-        """(project_id, run_id) from the first run record; a trackport-written run gives its origin."""
+    def _grouped(self) -> list[tuple[str, str, list[_Found]]]:
+        """Run folders grouped by (project, run id), each group in time order.
+
+        A resumed offline run, or a run a sweep agent started twice, leaves several
+        `offline-run-*-<id>` folders; W&B's server holds them as one run, and so do we.
+        A folder whose log has no run record (an empty or torn log) joins the run of its
+        id when exactly one project holds that id.  Groups come in the directory-name
+        order of their first folder.
+        """
+        found = [self._identity(d, _log_file(d)) for d in find_run_dirs(self.root)]
+        projects: dict[str, set[str]] = {}
+        for f in found:
+            if f.has_run_record:
+                projects.setdefault(f.run_id, set()).add(f.project)
+        groups: dict[tuple[str, str], list[_Found]] = {}
+        for f in found:
+            known = projects.get(f.run_id, set())
+            if not f.has_run_record and len(known) == 1:
+                f.project = next(iter(known))
+            groups.setdefault((f.project, f.run_id), []).append(f)
+        out = []
+        for (project, run_id), folders in groups.items():
+            if all(f.start_ms is not None for f in folders):
+                folders.sort(key=lambda f: (f.start_ms, f.run_dir.name))
+            else:   # the folder name starts with the run's start time (local time of the machine)
+                folders.sort(key=lambda f: f.run_dir.name.split("-", 2)[-1])
+            out.append((project, run_id, folders))
+        return out
+
+    def _identity(self, run_dir: Path, log_file: Path) -> _Found:
+        """Identity from the first run record; a trackport-written run gives its origin."""
         match = _RUN_DIR.match(run_dir.name)
         run_id = match["id"] if match else run_dir.name
-        project = mp.project_id("", "")
         try:
             for n, payload in enumerate(LogReader(log_file)):
                 if n > _RUN_RECORD_PEEK:
@@ -151,13 +212,17 @@ class WandbOfflineSource(Source):
                 record.ParseFromString(payload)
                 if record.WhichOneof("record_type") == "run":
                     run = record.run
+                    start = _ms_of(run.start_time) if run.HasField("start_time") else None
                     origin = mp.origin_from_config(_config_items(run.config))
                     if origin is not None and load_manifest(run_dir) is not None:
-                        return origin[0], origin[1]
-                    return mp.project_id(run.entity, run.project), run.run_id or run_id
+                        return _Found(run_dir, log_file, origin[0], origin[1], start, True)
+                    return _Found(run_dir, log_file, mp.project_id(run.entity, run.project),
+                                  run.run_id or run_id, start, True)
         except (DatastoreError, OSError) as exc:
             log.warning("%s: %s", log_file, exc)
-        return project, run_id
+        except Exception as exc:  # protobuf DecodeError: the run fails when it is read, with the file
+            log.warning("%s: record is not a W&B Record (%s)", log_file, exc)
+        return _Found(run_dir, log_file, mp.project_id("", ""), run_id, None, False)
 
     def files(self, run: RunRef) -> FileAccess:
         run_dir = run.locator.run_dir
@@ -170,7 +235,36 @@ class WandbOfflineSource(Source):
         return RunFiles(run_dir.parent, run, written)
 
     def describe_run(self, run: RunRef) -> str:
-        return f"{run.project_id}/{run.run_id} ({run.locator.run_dir})"
+        dirs = " + ".join(str(d) for d, _ in run.locator.folders)
+        return f"{run.project_id}/{run.run_id} ({dirs})"
+
+    def origin(self, run: RunRef) -> Origin:
+        """An offline run is its entity/project and run id (docs/wandb.md, "Origin"), not the folder
+        it lies in: a moved or copied `wandb/` folder finds its destination runs again."""
+        return Origin(OFFLINE_ORIGIN, run.project_id, run.run_id)
+
+    def legacy_origins(self, run: RunRef) -> list[Origin]:
+        return [Origin(self.uri, run.project_id, run.run_id)]   # what earlier releases recorded
+
+    def run_version(self, run: RunRef) -> str:
+        """A digest of the sizes of the run's `.wandb` logs and saved files (per folder): the
+        log is append-only, so it grows while a training writes, and nothing is read."""
+        sizes = []
+        for run_dir, log_file in run.locator.folders:
+            try:
+                sizes.append((run_dir.name, log_file.name, log_file.stat().st_size))
+            except OSError:
+                sizes.append((run_dir.name, log_file.name, None))
+            files = run_dir / "files"
+            for top, dirs, names in os.walk(files):
+                dirs.sort()
+                for name in sorted(names):
+                    p = Path(top) / name
+                    try:
+                        sizes.append((run_dir.name, p.relative_to(files).as_posix(), p.stat().st_size))
+                    except OSError:
+                        continue
+        return hashlib.blake2b(json.dumps(sizes).encode(), digest_size=12).hexdigest()
 
     # -- reading ----------------------------------------------------------------
 
@@ -183,7 +277,7 @@ class WandbOfflineSource(Source):
                 yield select.filter(table)
         except DatastoreError as exc:
             raise RunError(str(exc), project_id=run.project_id, run_id=run.run_id,
-                           file=str(loc.log_file)) from None
+                           file=str(replay.log_file)) from None
 
 
 def _config_items(config) -> dict:
@@ -214,8 +308,15 @@ class Replay:
         self.pb = pb
         self.project_id = ref.project_id
         self.run_id = ref.run_id
-        self.file_prefix = f"{loc.run_dir.name}/files/"
+        # the folder being replayed (one of loc.folders)
+        self.run_dir, self.log_file = loc.folders[0]
+        self.file_prefix = f"{self.run_dir.name}/files/"
+        self.torn = False
+        # several folders of one run id: the steps each series holds from earlier folders
+        self.held = _HeldSteps() if len(loc.folders) > 1 else None
         self.hits: dict[str, int] = {}
+        self.drops: dict[str, int] = {}
+        self.tears: list[str] = []
         self.cols = SeriesColumns()
         self.config: dict = {}
         self.summary: dict = {}
@@ -228,8 +329,9 @@ class Replay:
         self.stats_index: dict[str, int] = {}
         self.media_files: set[str] = set()
         self.artifacts: dict[str, str] = {}
+        self.metrics: list = []     # MetricRecords (define_metric), in log order
         self.origin: tuple[str, str] | None = None
-        self.notes: dict[str, Any] = {"transformations": {}, "warnings": []}
+        self.notes: dict[str, Any] = {"transformations": {}, "drops": {}, "warnings": [], "details": {}}
         self.decoder: mp.Decoder | None = None
 
     def _seen(self, ms: int) -> None:
@@ -237,7 +339,35 @@ class Replay:
             self.last_ms = ms
 
     def tables(self) -> Iterator[pa.Table]:
-        reader = LogReader(self.loc.log_file)
+        folders = self.loc.folders
+        if len(folders) > 1:
+            names = [d.name for d, _ in folders]
+            self.hits["resumed_runs_merged"] = len(folders) - 1
+            self.notes["details"]["merged_run_dirs"] = names
+            self.extra["offline_run_dirs"] = mp.json_text(names)
+            log.info("run %s/%s: %d folders of one run id read as one run, in time order: %s",
+                     self.project_id, self.run_id, len(folders), ", ".join(names))
+        for n, (run_dir, log_file) in enumerate(folders):
+            self.run_dir, self.log_file = run_dir, log_file
+            self.file_prefix = f"{run_dir.name}/files/"
+            self.exit_code = None      # the state is the last folder's
+            yield from self._replay_folder()
+            if self.held is not None and n < len(folders) - 1:
+                self.held.next_folder(last=n + 1 == len(folders) - 1)
+        if len(self.cols):
+            yield self._flush()
+        yield self._single_values()
+        files = self._files()
+        if files is not None:
+            yield files
+        self.notes["transformations"] = dict(self.hits)
+        self.notes["drops"] = dict(self.drops)
+        if self.hits or self.drops:
+            log.info("run %s/%s: %s", self.project_id, self.run_id,
+                     ", ".join(f"{k} x{v}" for k, v in sorted({**self.hits, **self.drops}.items())))
+
+    def _replay_folder(self) -> Iterator[pa.Table]:
+        reader = LogReader(self.log_file)
         for payload in reader:
             record = self.pb.Record()
             try:
@@ -250,23 +380,15 @@ class Replay:
                 handler(getattr(record, kind))
             if len(self.cols) >= _BATCH_ROWS:
                 yield self._flush()
+        self.torn = reader.tear is not None
         if reader.tear is not None:
-            message = f"{self.loc.log_file}: read up to a tear ({reader.tear}); the records before it are kept"
+            message = f"{self.log_file}: read up to a tear ({reader.tear}); the records before it are kept"
             log.warning("run %s/%s: %s", self.project_id, self.run_id, message)
             self.notes["warnings"].append(message)
-            self.extra["transaction_log_tear"] = message
+            self.tears.append(message)
+            self.extra["transaction_log_tear"] = "; ".join(self.tears)
         for console in self.console.values():
             console.finish()
-        if len(self.cols):
-            yield self._flush()
-        yield self._single_values()
-        files = self._files()
-        if files is not None:
-            yield files
-        self.notes["transformations"] = dict(self.hits)
-        if self.hits:
-            log.info("run %s/%s: %s", self.project_id, self.run_id,
-                     ", ".join(f"{k} x{v}" for k, v in sorted(self.hits.items())))
 
     def _flush(self) -> pa.Table:
         cols, self.cols = self.cols, SeriesColumns()
@@ -315,7 +437,7 @@ class Replay:
         if self.origin is None and self.decoder is None:
             origin = mp.origin_from_config(self.config)
             if origin is not None and origin == (self.project_id, self.run_id):
-                manifest = load_manifest(self.loc.run_dir)
+                manifest = load_manifest(self.run_dir)
                 if manifest is not None:
                     self.origin = origin
                     self.decoder = mp.Decoder(manifest)
@@ -344,23 +466,41 @@ class Replay:
             keys = list(item.nested_key) or [item.key]
             mp.set_nested(row, keys, _item_value(item))
         step = row.pop("_step", None)
-        if step is None:
+        if step is None and history.HasField("step"):
             step = history.step.num
         ts = row.pop("_timestamp", None)
         ts_ms = mp.ms_from_seconds(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
         if ts_ms is not None:
             self._seen(ts_ms)
-        if self.decoder is not None:
-            points = self.decoder.history_row(row, ts_ms, int(step))
-            step = self.decoder.step(int(step))
-            for path, kind, ts, value in points:
-                self._add(path, kind, step, ts, value)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or \
+                (isinstance(step, float) and not step.is_integer()):
+            # W&B gives every row a `_step` (the API source drops such a row the same way)
+            self.drops["history_row_without_step"] = self.drops.get("history_row_without_step", 0) + 1
             return
+        step = int(step)
+        if self.decoder is not None:
+            points = self.decoder.history_row(row, ts_ms, step)
+            canonical = self.decoder.step(step)
+            for path, kind, ts, value in points:
+                if self.held is None or self._new_point(path, step):
+                    self._add(path, kind, canonical, ts, value)
+            return
+        held = self.held
         for key, value in row.items():
             for point in mp.history_points(key, value, self.hits):
+                if held is not None and not self._new_point(point.path, step):
+                    continue
                 if point.type == "file_series":
-                    self.media_files.add(point.value)
-                self._add(point.path, point.type, int(step), ts_ms, point.value)
+                    self.media_files.add(self.file_prefix + point.value)
+                self._add(point.path, point.type, step, ts_ms, point.value)
+
+    def _new_point(self, path: str, step: int) -> bool:
+        """False for a point an earlier folder of the run holds at this step (W&B keeps that one)."""
+        if self.held.holds(path, step):
+            self.drops["resumed_step_repeated"] = self.drops.get("resumed_step_repeated", 0) + 1
+            return False
+        self.held.add(path, step)
+        return True
 
     def _on_stats(self, stats) -> None:
         if self.decoder is not None:
@@ -371,15 +511,14 @@ class Replay:
             try:
                 value = mp.load_json(item.value_json)
             except ValueError:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            path = mp.system_metric_path(item.key)
-            index = self.stats_index.get(path, 0)
-            self.stats_index[path] = index + 1
-            if index == 0:
+                value = item.value_json    # not JSON: kept as the text W&B holds
+            # named as W&B's server names it (`system.` + key, nested values flattened), so the
+            # API source gives the same paths
+            for point in mp.system_metric_points(mp.stats_metric_name(item.key), value, self.hits):
+                index = self.stats_index.get(point.path, 0)
+                self.stats_index[point.path] = index + 1
                 self.hits["system_metric_index_step"] = self.hits.get("system_metric_index_step", 0) + 1
-            self.cols.add(path, "float_series", index, ts_ms, float(value))
+                self.cols.add(point.path, point.type, index, ts_ms, point.value)
 
     def _on_output_raw(self, output) -> None:
         if self.decoder is not None:
@@ -404,6 +543,10 @@ class Replay:
         self.exit_code = exit_record.exit_code
         self.extra["runtime_seconds"] = exit_record.runtime
 
+    def _on_metric(self, metric) -> None:
+        if self.decoder is None:    # a run trackport wrote has its definitions in the manifest
+            self.metrics.append(metric)
+
     def _on_artifact(self, artifact) -> None:
         self.artifacts[artifact.name or artifact.digest] = mp.json_text(
             {"type": artifact.type, "digest": artifact.digest, "aliases": list(artifact.aliases),
@@ -415,7 +558,7 @@ class Replay:
         info = self.info
         info.run_id = info.run_id or self.run_id
         if self.exit_code is None:
-            info.state = "crashed" if "transaction_log_tear" in self.extra else "running"
+            info.state = "crashed" if self.torn else "running"
         else:
             info.state = "finished" if self.exit_code == 0 else "failed"
             info.exit_code = self.exit_code
@@ -424,33 +567,42 @@ class Replay:
         extra = dict(self.extra)
         if self.telemetry:
             extra["telemetry"] = self.telemetry
-        extra["offline_run_dir"] = self.loc.run_dir.name
+        extra["offline_run_dir"] = self.run_dir.name
         for name, text in self.artifacts.items():
             extra[f"artifacts/{name}"] = text
         info.extra = extra
         if self.decoder is not None:
-            rows = self.decoder.single_rows()
+            # the run's start as W&B holds it (the run record), not the manifest's copy of the
+            # source value: a copy that started the run at the time of the copy reads back so
+            rows = [mp.Row(r.path, r.type, info.created) if r.path == mp.CREATION_TIME and info.created
+                    else r for r in self.decoder.single_rows()]
         else:
             rows = mp.run_rows(info, self.hits) + mp.config_rows(self.config, self.hits) + \
-                mp.summary_rows(self.summary, self.hits)
+                mp.summary_rows(self.summary, self.hits) + mp.metric_record_rows(self.metrics)
         return _rows_table(rows, self.project_id, self.run_id)
 
     def _files(self) -> pa.Table | None:
         if self.decoder is not None:
             return self._decoded_files()
-        files_dir = self.loc.run_dir / "files"
-        if not files_dir.is_dir():
-            return None
+        chosen: dict[str, str] = {}     # path in the run -> file_value.path (the latest folder's)
+        for run_dir, _ in self.loc.folders:
+            files_dir = run_dir / "files"
+            if not files_dir.is_dir():
+                continue
+            prefix = f"{run_dir.name}/files/"
+            for dirpath, dirnames, filenames in os.walk(files_dir):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    rel = (Path(dirpath) / name).relative_to(files_dir).as_posix()
+                    if prefix + rel in self.media_files:
+                        continue
+                    if rel in chosen:
+                        self.hits["resumed_file_replaced"] = self.hits.get("resumed_file_replaced", 0) + 1
+                    chosen[rel] = prefix + rel
         rows = []
-        for dirpath, dirnames, filenames in os.walk(files_dir):
-            dirnames.sort()
-            for name in sorted(filenames):
-                local = Path(dirpath) / name
-                rel = local.relative_to(files_dir).as_posix()
-                if rel in self.media_files:
-                    continue
-                path, kind = mp.classify_file(rel)
-                rows.append(mp.Row(path, kind, {"path": self.file_prefix + rel}))
+        for rel, value in chosen.items():
+            path, kind = mp.classify_file(rel)
+            rows.append(mp.Row(path, kind, {"path": value}))
         if not rows:
             return None
         return _rows_table(rows, self.project_id, self.run_id)
@@ -475,6 +627,46 @@ class Replay:
         }
         cols = [table[f.name] if f.name in table else pa.nulls(n, f.type) for f in SCHEMA]
         return pa.Table.from_arrays(cols, schema=SCHEMA)
+
+
+class _HeldSteps:
+    """The steps each series holds from the folders replayed so far (8 bytes a point).
+
+    W&B's SDK logs a run's steps in increasing order, so each folder's steps of a series
+    are kept as one sorted array and looked up by bisection.
+    """
+
+    def __init__(self):
+        self.done: dict[str, list[array]] = {}      # path -> sorted steps of each earlier folder
+        self.current: dict[str, array] = {}
+        self.unsorted: set[str] = set()
+        self.recording = True                       # False for the last folder: nothing follows it
+
+    def holds(self, path: str, step: int) -> bool:
+        for steps in self.done.get(path, ()):
+            i = bisect_left(steps, step)
+            if i < len(steps) and steps[i] == step:
+                return True
+        return False
+
+    def add(self, path: str, step: int) -> None:
+        if not self.recording:
+            return
+        steps = self.current.get(path)
+        if steps is None:
+            steps = self.current[path] = array("q")
+        elif step < steps[-1]:
+            self.unsorted.add(path)
+        steps.append(step)
+
+    def next_folder(self, last: bool) -> None:
+        for path, steps in self.current.items():
+            if path in self.unsorted:
+                steps = array("q", sorted(steps))
+            self.done.setdefault(path, []).append(steps)
+        self.current = {}
+        self.unsorted = set()
+        self.recording = not last
 
 
 def load_manifest(run_dir: Path) -> dict | None:

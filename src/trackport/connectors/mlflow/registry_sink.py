@@ -1,0 +1,323 @@
+"""MLflow sink: a canonical run of project `mlflow-registry/<model>` -> a registered model version.
+
+Identity: the origin tags on the model version (`trackport.origin.*`), the completion mark
+`trackport.complete=true` set last.  A rerun finds the version by them: complete is skipped,
+partial is finished in place (never a second version).  The version links to the destination's
+copy of its source run, found by that run's origin; a source run still moving in this command
+is waited for, one not in the destination fails the entry, naming the run and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from trackport.core.connector import RunPlan, RunWriter
+from trackport.core.errors import RunError, RunScoped
+from trackport.core.files import materialise
+from trackport.core.model import DestRun, Origin
+from trackport.core.schema import FILE_TYPES, VALUE_COLUMN
+
+from . import registry as rg
+from .client import errors
+from .registry_source import PAGE, RegistryLocator, _paged
+from .tags import TAG_COMPLETE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_ORIGIN_URI, TRACKPORT_TAG_PREFIX
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 600.0   # at most this long for a source run or a lower version moving in this command
+
+
+class Versions:
+    """The sink's registry half: model versions by origin, and what is moving right now."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.tracking = sink.tracking
+        self._cond = threading.Condition()
+        self._moving: set[Origin] = set()      # asked by find_run, not yet committed or given up
+
+    # -- what this command is moving -------------------------------------------------
+
+    def moving(self, origin: Origin) -> None:
+        with self._cond:
+            self._moving.add(origin)
+
+    def settled(self, origin: Origin) -> None:
+        with self._cond:
+            self._moving.discard(origin)
+            self._cond.notify_all()
+
+    def wait_while(self, busy) -> None:
+        deadline = time.monotonic() + WAIT_S
+        with self._cond:
+            while busy(self._moving):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 1.0))
+
+    # -- finding versions --------------------------------------------------------------
+
+    def versions(self, name: str) -> list:
+        if not self.tracking.has_registry():
+            return []
+        client = self.tracking.client
+        try:
+            with errors():
+                client.get_registered_model(name)
+        except RunError:
+            return []
+        with errors():
+            return _paged(client.search_model_versions, filter_string=rg.model_filter(name), max_results=PAGE)
+
+    def find(self, origin: Origin) -> tuple[Any | None, list]:
+        """(the version of `origin`, the others of the same origin)."""
+        found = [mv for mv in self.versions(rg.model_of(origin.project_id))
+                 if (mv.tags or {}).get(TAG_ORIGIN_URI) == origin.uri
+                 and mv.tags.get(TAG_ORIGIN_PROJECT) == origin.project_id
+                 and mv.tags.get(TAG_ORIGIN_RUN) == origin.run_id]
+        found.sort(key=lambda mv: (mv.tags.get(TAG_COMPLETE) != "true", int(mv.version)))
+        return (found[0] if found else None), found[1:]
+
+    def find_run(self, origin: Origin) -> DestRun | None:
+        if not self.tracking.exists():
+            self.moving(origin)
+            return None
+        mv, others = self.find(origin)
+        if mv is None or mv.tags.get(TAG_COMPLETE) != "true":
+            self.moving(origin)
+        if mv is None:
+            return None
+        return DestRun(f"{mv.name}/{mv.version}", mv.tags.get(TAG_COMPLETE) == "true", None,
+                       RegistryLocator(mv.name, str(mv.version)), None,
+                       tuple(f"{o.name}/{o.version}" for o in others))
+
+
+    def describe_plan(self, plan: RunPlan) -> list[str]:
+        """What making this version would transform, from the scan (the number MLflow gives it
+        is known only when it is made: `model_version_renumbered` is counted then)."""
+        scan, report = plan.scan, plan.report
+        if scan.value(rg.SOURCE) is not None:
+            report.transformed("model_version_source_relocated", 1, str(scan.value(rg.SOURCE)))
+        if any(scan.value(p) is not None for p in ("sys/creation_time", "sys/modification_time", "sys/owner")):
+            report.transformed("registry_times_in_tag", 1, "sys/creation_time")
+        run = scan.value(rg.SOURCE_RUN_ID)
+        link = (f"linked to the copy of run {scan.value(rg.SOURCE_RUN_PROJECT)}/{run}" if run
+                else "without a source run")
+        return [f"MLflow registered model {rg.model_of(plan.origin.project_id)!r}, version "
+                f"{plan.origin.run_id}, {link}"]
+
+
+class RegistryWriter(RunScoped, RunWriter):
+    """Collects a registry entry's values and files, then makes the version at commit."""
+
+    def __init__(self, sink, versions: Versions, plan: RunPlan, resume: DestRun | None):
+        self.sink = sink
+        self.versions = versions
+        self.tracking = sink.tracking
+        self.plan = plan
+        self.origin = plan.origin
+        self.report = plan.report
+        self.err_run = plan.origin
+        self.values: dict[str, Any] = {}
+        self.files: list[tuple[str, str]] = []   # (attribute path, file_value.path)
+        self.resume = resume
+        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-registry-"))
+
+    def write(self, batch: pa.Table) -> None:
+        paths = batch.column("attribute_path").to_pylist()
+        types = batch.column("attribute_type").to_pylist()
+        columns: dict[str, list] = {}
+        for i, (path, attribute_type) in enumerate(zip(paths, types)):
+            if attribute_type in FILE_TYPES:
+                cell = batch.column("file_value")[i].as_py()
+                if attribute_type != "file" or not path.startswith(rg.FILES) or not cell:
+                    raise self._err(f"{attribute_type} {path!r}: a model version's files are "
+                                    f"`file` attributes under files/")
+                self.files.append((path, cell["path"]))
+                continue
+            column = VALUE_COLUMN.get(attribute_type)
+            if column is None or batch.column("step")[i].is_valid:
+                raise self._err(f"{attribute_type} {path!r}: a model version holds single values "
+                                f"and files only (no series)")
+            if column not in columns:
+                columns[column] = batch.column(column).to_pylist()
+            self.values[path] = columns[column][i]
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _text(self, path: str) -> str | None:
+        value = self.values.get(path)
+        return None if value is None else str(value)
+
+    def _linked_run(self) -> tuple[str | None, str | None]:
+        """(destination MLflow run id, its artifact URI) of the version's source run."""
+        project, run_id = self._text(rg.SOURCE_RUN_PROJECT), self._text(rg.SOURCE_RUN_ID)
+        if not run_id:
+            return None, None
+        run_origin = Origin(self.origin.uri, project or "", run_id)
+        self.versions.wait_while(lambda moving: run_origin in moving)
+        self.sink.forget(run_origin)
+        found = self.sink.find_loaded_run(run_origin)
+        if found is None or not found.complete:
+            state = "not in" if found is None else "incomplete in"
+            raise self._err(
+                f"its source run {project}/{run_id} is {state} the destination, so the version "
+                f"cannot link to its copy. Fix: copy that run too (its project {project!r} in "
+                f"--project), then run the command again: the version is made then")
+        with errors(self.origin.project_id, self.origin.run_id):
+            run = self.tracking.get_run(found.id, self.origin.project_id, self.origin.run_id)
+        return found.id, run.info.artifact_uri
+
+    def _location(self, run_artifacts: str | None) -> str:
+        """Where the version's files go: inside its run's artifacts (trackport's folder) when it
+        has a run, else in the store's artifact root."""
+        key = hashlib.blake2b(f"{self.origin.uri}\0{self.origin.project_id}\0{self.origin.run_id}".encode(),
+                              digest_size=8).hexdigest()
+        if run_artifacts:
+            return f"{run_artifacts.rstrip('/')}/trackport/registry/{key}"
+        root = self.tracking.artifact_root
+        if root is None and self.tracking.is_server:
+            root = "mlflow-artifacts:"
+        if root is None and self.tracking.local_store is not None:
+            root = Path(self.tracking.local_store).as_uri()
+        if root is None:
+            raise self._err("no artifact location for a model version without a source run")
+        return f"{root.rstrip('/')}/trackport-registry/{key}"
+
+    def _upload(self, location: str) -> None:
+        if not self.files:
+            return
+        staged = self._tmp / "files"
+        for path, source in self.files:
+            rel = path[len(rg.FILES):]
+            if not rel or rel.startswith("/") or ".." in rel.split("/"):
+                raise self._err(f"file {path!r} is not inside the version's files", file=source)
+            local = materialise(self.plan.files, source, self._tmp / "scratch", self._err)
+            target = staged / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, target)
+            self.report.files += 1
+            self.report.bytes += local.stat().st_size
+        with errors(self.origin.project_id, self.origin.run_id):
+            self.tracking.upload_to(location, staged)
+
+    # -- commit ------------------------------------------------------------------------
+
+    def commit(self) -> DestRun:
+        try:
+            return self._commit()
+        finally:
+            self._cleanup()
+
+    def _commit(self) -> DestRun:
+        client = self.tracking.client
+        name = self._text(rg.MODEL) or rg.model_of(self.origin.project_id)
+        if name != rg.model_of(self.origin.project_id):
+            raise self._err(f"{rg.MODEL} {name!r} is not the model its project names "
+                            f"({self.origin.project_id!r})")
+        source_version = self.origin.run_id
+        for path in self.values:   # before anything is written
+            if path.startswith(rg.TAG_PREFIX + TRACKPORT_TAG_PREFIX):
+                raise self._err(f"model version tag {path[len(rg.TAG_PREFIX):]!r} is in the namespace "
+                                f"trackport keeps its own tags in (trackport.*); such a version cannot "
+                                f"be moved into MLflow as is. Fix: rename the tag in the source")
+        run_id, run_artifacts = self._linked_run()
+        # Versions are numbered by MLflow in creation order: lower versions moving now go first.
+        if source_version.isdigit():
+            n = int(source_version)
+            self.versions.wait_while(lambda moving: any(
+                o.uri == self.origin.uri and o.project_id == self.origin.project_id
+                and o.run_id.isdigit() and int(o.run_id) < n for o in moving))
+        pe = (self.origin.project_id, self.origin.run_id)
+        with errors(*pe):
+            try:
+                model = client.get_registered_model(name)
+            except Exception as exc:   # not there yet
+                from .client import is_missing
+
+                if not is_missing(exc):
+                    raise
+                try:
+                    model = client.create_registered_model(name)
+                except Exception as again:
+                    if "already exists" not in str(again).lower() and "RESOURCE_ALREADY_EXISTS" not in str(again):
+                        raise
+                    model = client.get_registered_model(name)
+        mv, _ = self.versions.find(self.origin)
+        location = self._location(run_artifacts)
+        if mv is None:
+            self._upload(location)
+            origin_tags = {TAG_ORIGIN_URI: self.origin.uri, TAG_ORIGIN_PROJECT: self.origin.project_id,
+                           TAG_ORIGIN_RUN: self.origin.run_id}
+            with errors(*pe):
+                mv = client.create_model_version(name, location, run_id=run_id, tags=origin_tags,
+                                                 description=self._text("sys/description"),
+                                                 run_link=self._text(rg.RUN_LINK))
+        else:   # partial: finish in place; files uploaded again (the same bytes at the same paths)
+            self._upload(location)
+        version = str(mv.version)
+        if version != source_version:
+            self.report.transformed("model_version_renumbered", 1,
+                                    f"{name} version {source_version} -> {version}")
+        source = self._text(rg.SOURCE)
+        if source is not None and source != location:
+            self.report.transformed("model_version_source_relocated", 1, f"{source} -> {location}")
+        created = self.values.get("sys/creation_time")
+        updated = self.values.get("sys/modification_time")
+        if created is not None or updated is not None or self._text("sys/owner"):
+            self.report.transformed("registry_times_in_tag", 1, "sys/creation_time")
+        with errors(*pe):
+            description = self._text("sys/description")
+            if (mv.description or None) != description:
+                client.update_model_version(name, version, description=description or "")
+            want_tags = {p[len(rg.TAG_PREFIX):]: str(v) for p, v in self.values.items()
+                         if p.startswith(rg.TAG_PREFIX) and v is not None}
+            for key, value in sorted(want_tags.items()):
+                if (mv.tags or {}).get(key) != value:
+                    client.set_model_version_tag(name, version, key, value)
+            for alias in sorted(self.values.get(rg.ALIASES) or []):
+                client.set_registered_model_alias(name, alias, version)
+            stage = self._text(rg.STAGE)
+            if stage and stage != (mv.current_stage or "None"):
+                client.transition_model_version_stage(name, version, stage, archive_existing_versions=False)
+            model_description = self._text(rg.MODEL_DESCRIPTION)
+            if model_description is not None and model.description != model_description:
+                client.update_registered_model(name, description=model_description)
+            for path, value in sorted(self.values.items()):
+                if path.startswith(rg.MODEL_TAG_PREFIX) and value is not None:
+                    key = path[len(rg.MODEL_TAG_PREFIX):]
+                    if (model.tags or {}).get(key) != str(value):
+                        client.set_registered_model_tag(name, key, str(value))
+            client.set_model_version_tag(name, version, rg.TAG_REGISTRY, rg.registry_tag(
+                source, _ms(created), _ms(updated), source_version, self._text("sys/owner")))
+            client.set_model_version_tag(name, version, TAG_COMPLETE, "true")   # the mark, last
+        self.versions.settled(self.origin)
+        return DestRun(f"{name}/{version}", True, None, RegistryLocator(name, version))
+
+    def abort(self) -> None:
+        self.versions.settled(self.origin)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _ms(value: Any) -> int | None:
+    from .values import ms_from_datetime
+
+    if value is None:
+        return None
+    try:
+        return ms_from_datetime(value)
+    except TypeError:
+        return None

@@ -1,0 +1,110 @@
+"""Advisory locks that make two trackport processes writing one destination take turns.
+
+A run is claimed per origin (source URI, project, run id) for the whole time a
+process moves it: from asking the destination whether it is there, to its
+completion mark.  A second process moving the same run waits for the claim,
+then finds the run complete and skips it (or resumes it, should the first have
+failed), so N identical commands end as one does.
+
+The locks are `flock(2)` locks on one small file per origin in a lock folder:
+- beside a local destination (a parquet export, a SQLite store, a TensorBoard
+  logdir, W&B / Neptune offline folders): every process on the machine, any user
+  who can write the destination, takes turns;
+- for a remote destination (a tracking server, a database): under a folder of the
+  user's temporary directory keyed by the destination URI: processes of that user
+  on that machine take turns; writers on other machines rely on the connector's own
+  claim (see docs/reliability.md).
+The kernel releases a lock when its process ends, however it ends: a crashed
+writer never leaves a stale claim.  Lock files stay (a few bytes each; deleting
+one safely would need another lock).  `flock` is POSIX: on a system without
+`fcntl` (Windows) claims are not taken, which docs/reliability.md says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .model import Origin
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("trackport")
+
+LOCK_DIR_NAME = ".trackport-locks"
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def host_lock_dir(destination_uri: str) -> Path:
+    """The lock folder for a destination that is not a local path (same user, same machine)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    # tempfile.gettempdir() may point at this process's scratch folder (core/scratch.py): use its base.
+    base = Path(os.environ.get("TMPDIR") or "/tmp")
+    if not base.is_dir():
+        base = Path(tempfile.gettempdir())
+    return base / f"trackport-locks-{uid}" / _digest(destination_uri)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[tuple[str, float]]:
+    """Hold an exclusive flock on `path` (created if missing); wait for it, saying who holds it.
+    Yields who held it last ("pid N", "" if nobody) and when that one took it (mtime)."""
+    if fcntl is None:
+        yield "", 0.0
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                held_by = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            except OSError:
+                held_by = ""
+            log.warning("%s: another trackport process (%s) is writing it; waiting for it to finish",
+                        what, held_by or "unknown pid")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log.info("%s: the other process is done; going on", what)
+        try:
+            previous = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            taken = os.fstat(fd).st_mtime
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        except OSError:
+            previous, taken = "", 0.0
+        yield previous, taken
+    finally:
+        os.close(fd)   # releases the lock
+
+
+class OriginClaims:
+    """Per-origin claims in one lock folder (None: no claims, the destination needs none)."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = directory
+
+    def path(self, origin: Origin) -> Path:
+        assert self.directory is not None
+        return self.directory / f"run-{_digest(repr((origin.uri, origin.project_id, origin.run_id)))}.lock"
+
+    @contextlib.contextmanager
+    def hold(self, origin: Origin, what: str, since: float) -> Iterator[bool]:
+        """Claim the run; yields whether another process claimed it after `since` (what this
+        process learnt about the destination before then may be stale)."""
+        if self.directory is None:
+            yield False
+            return
+        with file_lock(self.path(origin), what) as (previous, taken):
+            yield bool(previous) and previous != f"pid {os.getpid()}" and taken >= since - 1.0
