@@ -62,7 +62,7 @@ def _wandb_errors():
     return wandb, CommError, WandbApiFailedError
 
 
-def _status_of(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
     """The HTTP status behind a wandb error, when it carries one."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -82,7 +82,7 @@ def _status_of(exc: BaseException) -> int | None:
 def classify(exc: BaseException, project_id: str = "", run_id: str = "", file: str | None = None) -> Exception:
     """The trackport error for an exception raised by wandb."""
     text = str(exc) or type(exc).__name__
-    status = _status_of(exc)
+    status = status_of(exc)
     if status is None:
         # wandb-core reports a request it gave up on as text only ("... giving up after
         # 4 attempt(s) while retrying: HTTP 429: ...").

@@ -173,11 +173,19 @@ def find_online_run(entity: str, project: str, run_id: str) -> dict | None:
         api = wandb.Api(overrides={"base_url": base} if base else None)
         run = api.run(f"{entity}/{project}/{run_id}")
     except wandb.errors.CommError as exc:
+        # wandb.Api() checks the key first and raises AuthenticationError when the server
+        # "rejects the credentials or cannot be reached" (wandb/sdk/wandb_login.py
+        # `_verify_login`): the HTTP status behind it tells a refused key from a 5xx.
+        from .api import classify, status_of
+
+        error = classify(exc)
+        if isinstance(error, (TransientError, UsageError)):
+            raise error from None
         text = str(exc).lower()
-        if isinstance(exc, wandb.errors.AuthenticationError) or "401" in text or "403" in text:
+        if isinstance(exc, wandb.errors.AuthenticationError):
             raise UsageError(f"W&B refused the credentials for {base or 'the W&B cloud'}; set WANDB_API_KEY "
                              f"to a valid key or run `wandb login`") from None
-        if "not found" in text or "could not find" in text or "404" in text:
+        if status_of(exc) == 404 or "not found" in text or "could not find" in text:
             return None
         raise TransientError(f"W&B API: {type(exc).__name__}") from None
     except ValueError:
