@@ -248,10 +248,17 @@ class Sink(ABC):
     def claim_dir(self) -> Path | None:
         """Where the per-origin claims of this destination live (core/claims.py): a folder
         beside a local destination, for every process on the machine; by default one keyed by
-        the destination URI in the user's temporary directory.  None: take no claims."""
+        the destination URI and server in the user's temporary directory.  None: take no claims."""
         from .claims import host_lock_dir
 
-        return host_lock_dir(self.uri)
+        server = self.server()
+        return host_lock_dir(f"{self.uri}@{server}" if server else self.uri)
+
+    def server(self) -> str:
+        """The server this sink writes to when the URI does not name it (set by the
+        environment, e.g. WANDB_BASE_URL), "" when the URI says it all: two destinations with
+        one URI on different servers are different destinations."""
+        return ""
 
     def forget(self, origin: Origin) -> None:
         """Another process wrote this origin's run since this sink last looked: drop what is

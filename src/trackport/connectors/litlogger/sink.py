@@ -63,6 +63,11 @@ class LitLoggerSink(Sink):
                                run_id=origin.run_id)
         return stream, ext, name
 
+    def server(self) -> str:
+        import os
+
+        return os.environ.get("LIGHTNING_CLOUD_URL", "").strip() or "https://lightning.ai"
+
     def find_run(self, origin: Origin) -> DestRun | None:
         try:
             stream, _, name = self._find(origin)

@@ -58,6 +58,9 @@ class PlutoSink(Sink):
             raise RunError("this Pluto sink was opened without a connection")
         return self._client
 
+    def server(self) -> str:
+        return self._client.settings.url_api if self._client is not None else ""
+
     def project_for(self, origin_project: str) -> str:
         return self.project or origin_project
 

@@ -129,6 +129,11 @@ class WandbSink(Sink):
             return self.base_dir / "wandb" / LOCK_DIR_NAME
         return super().claim_dir()
 
+    def server(self) -> str:
+        from .client import current_base_url
+
+        return current_base_url() or "https://api.wandb.ai"
+
     def find_run(self, origin: Origin) -> DestRun | None:
         """Read-only: the offline run dirs (offline mode) or the server (online mode)."""
         run_id = self.run_id_for(origin)
