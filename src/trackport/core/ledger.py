@@ -37,8 +37,21 @@ class Ledger:
         # timeout) rather than failing at once with "database is locked".
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
         self._db.execute("PRAGMA busy_timeout=60000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        # Switching a new database to WAL, or opening one while another process recovers its
+        # WAL, answers SQLITE_BUSY without calling the busy handler
+        # (https://www.sqlite.org/wal.html#sometimes_queries_return_sqlite_busy_in_wal_mode):
+        # processes starting together take turns here instead.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise
+                time.sleep(0.05)
 
     def record(self, source: str, destination: str, run: RunReport, attempts: int) -> None:
         """Best effort: the ledger is a history, the destination is the truth, so a ledger that
