@@ -265,10 +265,10 @@ run.close()
         src = f"wandb:{root / 'wandb'}"
         repo = tmp_path / "repo"
         report = _copy_ok(src, f"aim:{repo}")
-        assert report["totals"]["moved"] == 2 and not report["totals"]["drops"]
+        assert report["totals"]["moved"] == wos.ENTRIES and not report["totals"]["drops"]
         code, verify, out = run_cli("verify", src, f"aim:{repo}")
         assert code == 0, out
-        assert verify["totals"]["verified"] == 2
+        assert verify["totals"]["verified"] == wos.ENTRIES
         # every series point of the W&B source is in Aim, step and time included
         direct, back = tmp_path / "direct", tmp_path / "back"
         assert run_cli("export", src, str(direct))[0] == 0
@@ -281,11 +281,11 @@ run.close()
                     ["float_series", "string_series", "histogram_series", "file_series"])))
                 return conformance.canonical_rows(keep)
             assert points(got[key]) == points(want[key])
-            assert len(points(want[key])) > 0
+            assert len(points(want[key])) > 0 or key[0].startswith("wandb-artifacts/")   # an artifact has none
         rich = want[(f"{wos.ENTITY}/{wos.PROJECT}", wos.RICH_ID)]
         loss = rich.filter(pc.equal(rich.column("attribute_path"), "loss"))
         assert loss.num_rows == sum(1 for _, v, _ in wos.HISTORY if "loss" in v)
-        assert _copy_ok(src, f"aim:{repo}")["totals"]["skipped"] == 2
+        assert _copy_ok(src, f"aim:{repo}")["totals"]["skipped"] == wos.ENTRIES
 
     # -- Aim's own UI server finds the copied runs and points -----------------------------------
 

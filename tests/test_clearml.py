@@ -149,18 +149,18 @@ def test_wandb_offline_runs_copy_into_sessions_with_every_point_and_time(tmp_pat
     assert code == 0, out
     code, report, out = run_cli("copy", f"wandb:{root / 'wandb'}", f"clearml:{dest}")
     assert code == 0, out
-    assert report["totals"]["moved"] == 2 and not report["totals"]["drops"]
+    assert report["totals"]["moved"] == wos.ENTRIES and not report["totals"]["drops"]
     # every history point the W&B source read landed (the source reads them once more here)
     src_export = read_plain_export(_export(f"wandb:{root / 'wandb'}", tmp_path / "src"))
     src_points = sum(t.filter(pc.is_valid(t.column("step"))).num_rows for t in src_export.values())
     assert report["totals"]["points"] == src_points == sum(r["points"] for r in plan["runs"])
     code, verify, out = run_cli("verify", f"wandb:{root / 'wandb'}", f"clearml:{dest}")
-    assert code == 0 and verify["totals"]["verified"] == 2, out
+    assert code == 0 and verify["totals"]["verified"] == wos.ENTRIES, out
     assert _tree(root) == src_before                    # the W&B folders are untouched
 
     # one ClearML session zip per run, nothing else but trackport's (empty) staging folder
     zips = _zips(dest)
-    assert len(zips) == 2
+    assert len(zips) == wos.ENTRIES
     assert sorted(p.name for p in dest.iterdir()) == sorted([".trackport", *(z.name for z in zips)])
     assert not any((dest / ".trackport").iterdir())
     rich = next(z for z in zips if _task(z)["name"] == "rich run")
@@ -178,7 +178,7 @@ def test_wandb_offline_runs_copy_into_sessions_with_every_point_and_time(tmp_pat
 
     # a rerun moves nothing and writes no second session
     code, report, out = run_cli("copy", f"wandb:{root / 'wandb'}", f"clearml:{dest}")
-    assert code == 0 and report["totals"]["skipped"] == 2 and report["totals"]["points"] == 0, out
+    assert code == 0 and report["totals"]["skipped"] == wos.ENTRIES and report["totals"]["points"] == 0, out
     assert _zips(dest) == zips
 
 

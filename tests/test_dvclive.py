@@ -209,7 +209,7 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(offline_ro
     dest = f"dvclive:{tmp_path / 'out'}"
     code, report, out = run_cli("copy", f"wandb:{offline_root}", dest)
     assert code == 0, out
-    assert report["totals"]["moved"] == 2 and not report["totals"]["drops"]
+    assert report["totals"]["moved"] == wos.ENTRIES and not report["totals"]["drops"]
     assert report["totals"]["points"] == _points(source.values()) == exported["totals"]["points"]
 
     # the history as DVCLive's TSV: every step and timestamp (ms), nan / inf as DVCLive writes them
@@ -224,7 +224,7 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(offline_ro
     assert metrics["loss"] == 0.5 and metrics["step"] == wos.MEDIA_STEP
 
     code, checked, out = run_cli("verify", f"wandb:{offline_root}", dest)
-    assert code == 0 and checked["totals"]["verified"] == 2, out
+    assert code == 0 and checked["totals"]["verified"] == wos.ENTRIES, out
 
     back = tmp_path / "back"
     assert run_cli("export", dest, str(back))[0] == 0
@@ -232,7 +232,7 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(offline_ro
         assert conformance.canonical_rows(table) == conformance.canonical_rows(source[key])
 
     code, again, out = run_cli("copy", f"wandb:{offline_root}", dest)
-    assert code == 0 and again["totals"]["skipped"] == 2 and again["totals"]["points"] == 0, out
+    assert code == 0 and again["totals"]["skipped"] == wos.ENTRIES and again["totals"]["points"] == 0, out
 
 
 def test_sample_export_moves_every_point_and_verifies(tmp_path):

@@ -180,7 +180,7 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(offline_ro
     dest = tmp_path / "out"
     code, report, out = run_cli("copy", f"wandb:{offline_root}", f"goodseed:{dest}")
     assert code == 0, out
-    assert report["totals"]["moved"] == 2 and not report["totals"]["drops"]
+    assert report["totals"]["moved"] == wos.ENTRIES and not report["totals"]["drops"]
     assert report["totals"]["points"] == _points(source.values()) == exported["totals"]["points"]
 
     # GoodSeed's own tables hold the history: every step, timestamp to the millisecond
@@ -192,13 +192,13 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(offline_ro
     assert [(s, y, round(ts * 1000)) for s, y, ts in stored] == [(s, v, round(t * 1000)) for s, v, t in finite]
 
     code, checked, out = run_cli("verify", f"wandb:{offline_root}", f"goodseed:{dest}")
-    assert code == 0 and checked["totals"]["verified"] == 2, out
+    assert code == 0 and checked["totals"]["verified"] == wos.ENTRIES, out
     back = tmp_path / "back"
     assert run_cli("export", f"goodseed:{dest}", str(back))[0] == 0
     for key, table in read_plain_export(back).items():
         assert conformance.canonical_rows(table) == conformance.canonical_rows(source[key])
     code, again, out = run_cli("copy", f"wandb:{offline_root}", f"goodseed:{dest}")
-    assert code == 0 and again["totals"]["skipped"] == 2 and again["totals"]["points"] == 0, out
+    assert code == 0 and again["totals"]["skipped"] == wos.ENTRIES and again["totals"]["points"] == 0, out
 
 
 def test_partial_runs_are_repaired_without_duplicate_points(offline_root, tmp_path):

@@ -121,12 +121,12 @@ def test_wandb_offline_runs_move_every_history_point_and_verify_clean(tmp_path):
     args = [*_args(data), "--minfx-keep-all"]
     code, report, out = run_cli("copy", src, "minfx://ws", *args)
     assert code == 0, out
-    assert report["totals"]["moved"] == 2 and not report["totals"]["drops"]
+    assert report["totals"]["moved"] == wos.ENTRIES and not report["totals"]["drops"]
     assert report["totals"]["points"] == _points(source.values()) == exported["totals"]["points"]
     code, checked, out = run_cli("verify", src, "minfx://ws", *args)
-    assert code == 0 and checked["totals"]["verified"] == 2, out
+    assert code == 0 and checked["totals"]["verified"] == wos.ENTRIES, out
     code, again, out = run_cli("copy", src, "minfx://ws", *args)
-    assert code == 0 and again["totals"]["skipped"] == 2, out
+    assert code == 0 and again["totals"]["skipped"] == wos.ENTRIES, out
     assert _tree_digest(tmp_path / "w") == before
 
 

@@ -374,8 +374,8 @@ def test_wandb_offline_runs_copy_into_neptune_offline_with_the_scripts_mapping(t
     assert any(p.startswith("monitoring/") for p in sparse.column("attribute_path").to_pylist())
 
     code, report, out = run_cli("copy", src, "neptune2://ws", *args)
-    assert code == 0 and report["totals"]["skipped"] == 2
-    assert len(list(data.rglob("data-1.log"))) == 2
+    assert code == 0 and report["totals"]["skipped"] == wb.ENTRIES
+    assert len(list(data.rglob("data-1.log"))) == wb.ENTRIES
     # --neptune-keep-all keeps what the script leaves out
     code, report, out = run_cli("copy", src, "neptune2://ws", "--neptune-mode", "offline",
                                 "--neptune-data-dir", str(tmp_path / "all"), "--neptune-keep-all")

@@ -34,6 +34,18 @@ from trackport.testing.exporter_layout import write_exporter_export
 REPO = Path(__file__).resolve().parent.parent
 
 
+class _AnyDigest(str):
+    """Compares equal to any 32-hex artifact digest (sorts after the runs' ids)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str) and len(other) == 32 and all(c in "0123456789abcdef" for c in other)
+
+    __hash__ = str.__hash__
+
+
+ANY_DIGEST = _AnyDigest("~digest")
+
+
 @pytest.fixture(scope="module")
 def offline_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb-runs")
@@ -143,7 +155,7 @@ def test_offline_runs_arrive_with_every_point_step_and_timestamp(offline_root, t
     (img,) = at("samples/img")
     assert img["attribute_type"] == "file_series" and int(img["step"]) == wos.MEDIA_STEP
     assert img["timestamp"] == datetime.fromtimestamp(wos.BASE_S + 2000, tz=timezone.utc)
-    files_root = next((tmp_path / "export" / "files").iterdir())
+    files_root = next(p for p in (tmp_path / "export" / "files").iterdir() if p.name.startswith("acme_vision"))
     assert (files_root / img["file_value"]["path"]).read_bytes().startswith(b"\x89PNG")
     (tab,) = at("tab")
     assert tab["attribute_type"] == "file_series"
@@ -165,15 +177,19 @@ def test_offline_runs_arrive_with_every_point_step_and_timestamp(offline_root, t
         if run_id == wos.RICH_ID:
             assert kinds["value_to_json"] >= 2 and kinds["media_to_file"] == 2
             assert kinds["console_lines"] >= len(wos.STDOUT_LINES) + len(wos.STDERR_LINES)
-        else:
+        elif run_id == wos.SPARSE_ID:
             assert kinds["system_metric_index_step"] >= 1
+        else:                           # the wandb.Table's artifact: moved as the SDK staged it
+            assert kinds == {} and run["project_id"] == "wandb-artifacts/acme/vision/run-rich0001-tab"
 
 
 def test_one_run_directory_and_a_folder_holding_wandb_are_sources(offline_root, tmp_path):
     one = _export(f"wandb:{_run_dir(offline_root, wos.SPARSE_ID)}", tmp_path / "one")
     assert list(one) == [(f"{wos.ENTITY}/{wos.PROJECT}", wos.SPARSE_ID)]
     both = _export(f"wandb:{offline_root / 'wandb'}", tmp_path / "both")
-    assert len(both) == 2
+    # the two runs, and the artifact the SDK made of the rich run's wandb.Table
+    assert sorted(both) == [("acme/vision", wos.RICH_ID), ("acme/vision", wos.SPARSE_ID),
+                            ("wandb-artifacts/acme/vision/run-rich0001-tab", ANY_DIGEST)]
 
 
 def test_a_log_cut_mid_record_is_read_to_the_tear_and_reported(offline_root, tmp_path):
@@ -237,13 +253,13 @@ def test_a_dangling_run_save_symlink_fails_the_run_naming_the_file(offline_root,
 
     code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "export"))
     assert code == 1
-    (run,) = report["runs"]
+    run = runs_by_id(report)[wos.RICH_ID]
     assert run["status"] == "failed" and "model.ckpt" in run["error"] and "dangling symlink" in run["error"]
+    assert report["totals"]["failed"] == 1      # its table's artifact still moves
 
     code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "export2"), "--allow-drops")
     assert code == 0, out
-    (run,) = report["runs"]
-    assert run["drops"] == {"missing_file": 1}
+    assert runs_by_id(report)[wos.RICH_ID]["drops"] == {"missing_file": 1}
 
 
 def test_offline_runs_to_mlflow_verify_clean_and_a_rerun_adds_nothing(offline_root, tmp_path, mlflow_server):
@@ -251,17 +267,95 @@ def test_offline_runs_to_mlflow_verify_clean_and_a_rerun_adds_nothing(offline_ro
     args = ["--mlflow-experiment", f"{tmp_path.name}-{{project}}"]
     code, report, out = run_cli("copy", f"wandb:{offline_root}", dest, *args)
     assert code == 0, out
-    assert report["totals"]["moved"] == 2
+    assert report["totals"]["moved"] == 3           # two runs and the artifact of a wandb.Table
     rich = runs_by_id(report)[wos.RICH_ID]
     assert rich["points"] > sum(len(v) for _, v, _ in wos.HISTORY)
 
     code, report, out = run_cli("verify", f"wandb:{offline_root}", dest, *args)
     assert code == 0, out
-    assert report["totals"]["verified"] == 2
+    assert report["totals"]["verified"] == 3
 
     code, report, out = run_cli("copy", f"wandb:{offline_root}", dest, *args)
     assert code == 0, out
-    assert report["totals"]["skipped"] == 2 and report["totals"]["points"] == 0
+    assert report["totals"]["skipped"] == 3 and report["totals"]["points"] == 0
+
+
+# -- artifacts the runs logged (docs/wandb.md, "Artifacts") -----------------------------
+@pytest.fixture(scope="module")
+def artifact_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wandb-artifacts")
+    return root, wos.make_artifact_run(root)
+
+
+def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_root, tmp_path):
+    from trackport.connectors.wandb import artifacts as am
+
+    root, staging = artifact_root
+    before = sorted((p.relative_to(staging).as_posix(), p.read_bytes()) for p in staging.rglob("*") if p.is_file())
+    runs = _export(f"wandb:{root}", tmp_path / "out")
+    producer = f"{wos.ENTITY}/{wos.PROJECT}"
+    versions = {project: (run_id, table) for (project, run_id), table in runs.items() if am.is_artifact_project(project)}
+    assert sorted(versions) == sorted(am.project_of(wos.ENTITY, wos.PROJECT, n) for n in wos.ARTIFACTS)
+    assert (producer, wos.ARTIFACT_RUN_ID) in runs
+    for name, (kind, files, aliases, description, metadata) in wos.ARTIFACTS.items():
+        run_id, table = versions[am.project_of(wos.ENTITY, wos.PROJECT, name)]
+        single = _singles(table)
+        assert single[am.DIGEST][1] == run_id and len(run_id) == 32
+        assert single[am.NAME][1] == name and single[am.TYPE][1] == kind
+        assert set(single[am.ALIASES][1]) == {*aliases, "latest"}
+        assert single[am.PRODUCER_PROJECT][1] == producer and single[am.PRODUCER_RUN][1] == wos.ARTIFACT_RUN_ID
+        assert (single.get(am.DESCRIPTION) or (None, ""))[1] == description
+        assert json.loads(single[am.METADATA][1]) == metadata if metadata else am.METADATA not in single
+        manifest = json.loads(single[am.MANIFEST][1])
+        assert [(e["path"], e["size"]) for e in manifest] == sorted((p, len(b)) for p, b in files.items())
+        file_rows = table.filter(pc.equal(table.column("attribute_type"), "file")).to_pylist()
+        assert sorted(r["attribute_path"] for r in file_rows) == sorted(am.FILES + p for p in files)
+        for r in file_rows:        # byte-identical, under the artifact's own paths
+            (got,) = (tmp_path / "out" / "files").glob(f"*/{r['file_value']['path']}")
+            assert got.read_bytes() == files[r["attribute_path"][len(am.FILES):]]
+    # the source is read-only: the staged files are untouched
+    assert sorted((p.relative_to(staging).as_posix(), p.read_bytes()) for p in staging.rglob("*") if p.is_file()) == before
+
+    # into MLflow: verify clean, a rerun moves nothing
+    db = f"mlflow:sqlite:///{tmp_path / 'm.db'}"
+    code, report, out = run_cli("copy", f"wandb:{root}", db)
+    assert code == 0 and report["totals"]["moved"] == 3, out
+    code, report, out = run_cli("verify", f"wandb:{root}", db)
+    assert code == 0 and report["totals"]["verified"] == 3, out
+    code, report, out = run_cli("copy", f"wandb:{root}", db)
+    assert code == 0 and report["totals"]["skipped"] == 3, out
+    # one artifact alone, selected by its project
+    code, report, out = run_cli("plan", f"wandb:{root}", str(tmp_path / "one"),
+                                "--project", am.project_of(wos.ENTITY, wos.PROJECT, "resnet"))
+    assert code == 0 and [r["project_id"] for r in report["runs"]] == [am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
+
+
+def test_an_artifact_file_whose_staged_copy_is_gone_is_refused_or_dropped(artifact_root, tmp_path):
+    from trackport.connectors.wandb import artifacts as am
+
+    src, staging = artifact_root
+    root = tmp_path / "src"
+    shutil.copytree(src, root)
+    # the copied run still names the original staging folder: point it at a copy of that folder
+    # whose weights file is gone, as after `wandb sync` (the SDK deletes what it uploaded)
+    gone = wos.ARTIFACTS["resnet"][1]["weights.bin"]
+    (staged,) = [p for p in staging.rglob("*") if p.is_file() and p.read_bytes() == gone]
+    moved = staged.with_name(staged.name + ".away")
+    staged.rename(moved)
+    try:
+        code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "refused"))
+        assert code == 1, out
+        failed = [r for r in report["runs"] if r["status"] == "failed"]
+        assert [r["project_id"] for r in failed] == [am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
+        assert "file missing" in failed[0]["error"] and "--allow-drops" in failed[0]["error"]
+        assert any("wandb sync" in w for w in failed[0]["warnings"]), failed[0]
+        assert report["totals"]["moved"] == 2           # the run and the other artifact
+        code, report, out = run_cli("export", f"wandb:{root}", str(tmp_path / "out"), "--allow-drops")
+        assert code == 0, out
+        (resnet,) = [r for r in report["runs"] if r["project_id"] == am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
+        assert resnet["status"] == "moved" and resnet["drops"] == {"missing_file": 1}
+    finally:
+        moved.rename(staged)
 
 
 def _series_rows(table: pa.Table) -> pa.Table:
@@ -677,14 +771,14 @@ def test_a_moved_offline_folder_finds_the_runs_it_loaded(offline_root, tmp_path)
     moved = tmp_path / "elsewhere" / "runs"
     shutil.copytree(offline_root, moved, symlinks=True)
     code, report, out = run_cli("copy", f"wandb:{moved}", dest)
-    assert code == 0 and report["totals"]["skipped"] == 2, out
+    assert code == 0 and report["totals"]["skipped"] == 3, out      # two runs, one artifact
     code, report, out = run_cli("verify", f"wandb:{moved}", dest)
-    assert code == 0 and report["totals"]["verified"] == 2, out
+    assert code == 0 and report["totals"]["verified"] == 3, out
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert len(runs) == 2 and {r.data.tags["trackport.origin.uri"] for r in runs} == {"wandb:offline"}
+    assert len(runs) == 3 and {r.data.tags["trackport.origin.uri"] for r in runs} == {"wandb:offline"}
 
 
 # -- conformance (trackport.testing.conformance) ------------------------------------------------

@@ -32,6 +32,9 @@ HISTORY = [
     (1000, {"loss": 0.5, "acc/top1": 0.75}, BASE_S + 1000.999),
 ]
 MEDIA_STEP = 1001
+# what `make_runs` leaves for the `wandb:` source: its two runs, and the artifact the SDK makes
+# of the rich run's wandb.Table (a `run_table` artifact, moved like every artifact)
+ENTRIES = 3
 STDOUT_LINES = ["first line", "second line with ünïcode"]
 STDERR_LINES = ["a warning line"]
 SPARSE_HISTORY = [(3, {"x": 1.0}, BASE_S + 3), (300, {"y": 2.0}, BASE_S + 300), (301, {"x": 3.0}, BASE_S + 301)]
@@ -201,9 +204,49 @@ def write_proto_run(root: Path, run_id: str = PROTO_ID, stats=STATS, history=PRO
     return run_dir
 
 
+# -- a run that logs artifacts (the SDK stages their files under WANDB_DATA_DIR) ---------------
+ARTIFACT_RUN_ID = "arts0001"
+# name -> (type, {path in the artifact: bytes}, aliases given, description, metadata)
+ARTIFACTS = {
+    "resnet": ("model", {"weights.bin": bytes(range(256)) * 40, "conf/config.json": b'{"depth": 50}'},
+               ["best", "epoch-3"], "the best checkpoint", {"acc": 0.91, "epochs": 3}),
+    "cifar": ("dataset", {"train.csv": b"x,y\n1,2\n"}, [], "", {}),
+}
+
+
+def make_artifact_run(root: Path) -> Path:
+    """Write ARTIFACT_RUN_ID (logging ARTIFACTS) under root/wandb; returns the staging root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PLUTO_"))}
+    env.update(WANDB_SILENT="true", WANDB_DATA_DIR=str(root / "wandb-data"), WANDB_CACHE_DIR=str(root / "cache"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent.parent / "src"),
+                                                      env.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, __file__, str(root), "artifacts"], check=True, env=env, timeout=120,
+                   capture_output=True)
+    return root / "wandb-data"
+
+
+def _child_artifacts(root: Path) -> None:
+    from trackport.connectors.wandb.client import import_wandb
+
+    wandb = import_wandb()
+    run = wandb.init(project=PROJECT, entity=ENTITY, id=ARTIFACT_RUN_ID, dir=str(root),
+                     settings=wandb.Settings(mode="offline", x_disable_meta=True, save_code=False,
+                                             x_disable_stats=True, console="off", silent=True))
+    run.log({"loss": 1.0}, step=0)
+    for name, (kind, files, aliases, description, metadata) in ARTIFACTS.items():
+        artifact = wandb.Artifact(name, type=kind, description=description or None, metadata=metadata or None)
+        for rel, data in files.items():
+            with artifact.new_file(rel, mode="wb") as fh:
+                fh.write(data)
+        run.log_artifact(artifact, aliases=aliases or None)
+    run.finish()
+
+
 if __name__ == "__main__":
     if sys.argv[2:] == ["resumed"]:
         _child_resumed(Path(sys.argv[1]))
+    elif sys.argv[2:] == ["artifacts"]:
+        _child_artifacts(Path(sys.argv[1]))
     else:
         _child(Path(sys.argv[1]))
 

@@ -46,6 +46,7 @@ from trackport.core.schema import (
 )
 
 from . import mapping as mp
+from . import offline_artifacts
 from .datastore import DatastoreError, LogReader
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,19 @@ class WandbOfflineSource(Source):
     # -- listing ----------------------------------------------------------------
 
     def list_runs(self, select: Selection) -> Iterator[RunRef]:
+        """Each run, then each artifact version it logged (docs/wandb.md, "Artifacts")."""
+        listed: set[tuple[str, str]] = set()
         for project, run_id, folders in self._grouped():
             if select.wants_run(project, run_id):
                 last = folders[-1]
                 parts = tuple((f.run_dir, f.log_file) for f in folders) if len(folders) > 1 else ()
                 yield RunRef(project, run_id, Locator(last.run_dir, last.log_file, parts))
+            for folder in folders:
+                for loc in offline_artifacts.scan(self.pb, folder.log_file, project, run_id):
+                    key = (loc.artifact.project_id, loc.artifact.digest)
+                    if key not in listed and select.wants_run(*key):
+                        listed.add(key)     # a version logged again (a resumed run) is one version
+                        yield RunRef(*key, loc)
 
     def _grouped(self) -> list[tuple[str, str, list[_Found]]]:
         """Run folders grouped by (project, run id), each group in time order.
@@ -225,6 +234,8 @@ class WandbOfflineSource(Source):
         return _Found(run_dir, log_file, mp.project_id("", ""), run_id, None, False)
 
     def files(self, run: RunRef) -> FileAccess:
+        if isinstance(run.locator, offline_artifacts.ArtifactLocator):
+            return offline_artifacts.ArtifactFiles(offline_artifacts.load(run.locator, run), run)
         run_dir = run.locator.run_dir
         written = {}
         manifest = load_manifest(run_dir)
@@ -235,6 +246,10 @@ class WandbOfflineSource(Source):
         return RunFiles(run_dir.parent, run, written)
 
     def describe_run(self, run: RunRef) -> str:
+        if isinstance(run.locator, offline_artifacts.ArtifactLocator):
+            art = run.locator.artifact
+            return (f"artifact {art.name} ({art.type}, digest {art.digest}) logged by "
+                    f"{art.producer_project}/{art.producer_run}")
         dirs = " + ".join(str(d) for d, _ in run.locator.folders)
         return f"{run.project_id}/{run.run_id} ({dirs})"
 
@@ -244,11 +259,15 @@ class WandbOfflineSource(Source):
         return Origin(OFFLINE_ORIGIN, run.project_id, run.run_id)
 
     def legacy_origins(self, run: RunRef) -> list[Origin]:
+        if isinstance(run.locator, offline_artifacts.ArtifactLocator):
+            return []                                           # earlier releases did not move them
         return [Origin(self.uri, run.project_id, run.run_id)]   # what earlier releases recorded
 
     def run_version(self, run: RunRef) -> str:
         """A digest of the sizes of the run's `.wandb` logs and saved files (per folder): the
         log is append-only, so it grows while a training writes, and nothing is read."""
+        if isinstance(run.locator, offline_artifacts.ArtifactLocator):
+            return offline_artifacts.version(run.locator, run)
         sizes = []
         for run_dir, log_file in run.locator.folders:
             try:
@@ -269,6 +288,11 @@ class WandbOfflineSource(Source):
     # -- reading ----------------------------------------------------------------
 
     def read_run(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
+        if isinstance(run.locator, offline_artifacts.ArtifactLocator):
+            notes: dict[str, Any] = {"transformations": {}, "drops": {}, "warnings": [], "details": {}}
+            self._notes[(run.project_id, run.run_id)] = notes
+            yield select.filter(offline_artifacts.read(run.locator, run, notes))
+            return
         loc: Locator = run.locator
         replay = Replay(run, loc, self.pb)
         self._notes[(run.project_id, run.run_id)] = replay.notes
