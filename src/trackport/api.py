@@ -187,8 +187,10 @@ def copy(source: str, destination: str | None = None, *, projects: Iterable[str]
 
 def export(source: str, directory: str | Path, **kwargs: Any) -> "CommandReport":
     """Export runs from `source` into a parquet export at `directory`; arguments as `copy`."""
+    directory = str(directory)
+    destination = directory if directory.startswith("parquet:") else f"parquet:{directory}"
     command, rest = _split("export", kwargs)
-    return _move(command, source, f"parquet:{directory}", rest.get("state_dir", ".trackport"),
+    return _move(command, source, destination, rest.get("state_dir", ".trackport"),
                  rest.get("raise_on_failure", True))
 
 

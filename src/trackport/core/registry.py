@@ -272,10 +272,16 @@ class ParsedUri:
                 break
         if not text:
             raise UsageError(f"{self.scheme}: needs a directory: {example}")
+        url = _URL_RE.match(text)
+        if url:   # s3://, gs://, http://...: never a local folder named after the URL
+            raise UsageError(f"{redact(self.original)!r}: {url['scheme']}:// is not a local folder, and "
+                             f"{self.scheme}: reads and writes local folders only (object storage is not "
+                             f"supported yet). Fix: name a local directory, e.g. {example}")
         path = Path(text).expanduser()
         return path if path.is_absolute() else Path.cwd() / path
 
 
+_URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
 _SCHEME_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9]*)(?P<plus>\+[a-zA-Z]+)?:(?P<rest>.*)$", re.S)
 
 
