@@ -287,7 +287,7 @@ def artifact_root(tmp_path_factory):
     return root, wos.make_artifact_run(root)
 
 
-def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_root, tmp_path):
+def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_root, tmp_path, monkeypatch):
     from trackport.connectors.wandb import artifacts as am
 
     root, staging = artifact_root
@@ -324,10 +324,47 @@ def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_ro
     assert code == 0 and report["totals"]["verified"] == 3, out
     code, report, out = run_cli("copy", f"wandb:{root}", db)
     assert code == 0 and report["totals"]["skipped"] == 3, out
+    # into W&B (offline): logged again as artifacts beside the runs, with the same digest
+    # (same names and bytes), type, aliases and metadata; verify clean; a rerun moves nothing
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "sink-data"))    # where the SDK stages them
+    args = ("wandb://ent/proj", "--wandb-mode", "offline", "--wandb-dir", str(tmp_path / "wb"))
+    code, report, out = run_cli("copy", f"wandb:{root}", *args)
+    assert code == 0 and report["totals"]["moved"] == 3, out
+    assert run_cli("verify", f"wandb:{root}", *args)[0] == 0
+    assert run_cli("copy", f"wandb:{root}", *args)[1]["totals"]["skipped"] == 3
+    from trackport.connectors.wandb.client import internal_pb2
+    from trackport.connectors.wandb.offline_artifacts import scan
+
+    logged = [loc.artifact for log in sorted((tmp_path / "wb" / "wandb").glob("offline-run-*/*.wandb"))
+              for loc in scan(internal_pb2(), log, "-", "-")]
+    assert sorted(a.name for a in logged) == sorted(wos.ARTIFACTS)
+    for art in logged:
+        kind, files, aliases, description, metadata = wos.ARTIFACTS[art.name]
+        assert (art.entity, art.project, art.type) == ("ent", "proj", kind)
+        assert art.digest == versions[am.project_of(wos.ENTITY, wos.PROJECT, art.name)][0]
+        assert set(art.aliases) == {*aliases, "latest"} and art.description == description
+        assert (json.loads(art.metadata) if art.metadata else {}) == metadata
+        assert {e.path: Path(e.local_path).read_bytes() for e in art.entries} == files
+    # the destination read as a source lists each version once (the run carrying it is it)
+    code, report, out = run_cli("plan", f"wandb:{tmp_path / 'wb'}", str(tmp_path / "again"))
+    assert code == 0 and sorted(r["project_id"] for r in report["runs"]) == sorted(
+        [f"{wos.ENTITY}/{wos.PROJECT}"] + [am.project_of(wos.ENTITY, wos.PROJECT, n) for n in wos.ARTIFACTS])
+
     # one artifact alone, selected by its project
     code, report, out = run_cli("plan", f"wandb:{root}", str(tmp_path / "one"),
                                 "--project", am.project_of(wos.ENTITY, wos.PROJECT, "resnet"))
     assert code == 0 and [r["project_id"] for r in report["runs"]] == [am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
+
+
+def test_an_artifact_of_a_type_wandb_reserves_is_written_to_wandb_as_a_run(offline_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "sink-data"))
+    args = ("wandb://ent/proj", "--wandb-mode", "offline", "--wandb-dir", str(tmp_path / "wb"))
+    code, report, out = run_cli("copy", f"wandb:{offline_root}", *args)
+    assert code == 0, out
+    (table,) = [r for r in report["runs"] if r["project_id"].startswith("wandb-artifacts/")]
+    # the run_table artifact the SDK made of a wandb.Table: wandb.Artifact refuses that type
+    assert table["status"] == "moved" and table["transformations"] == {"artifact_kept_as_run": 1}, table
+    assert run_cli("verify", f"wandb:{offline_root}", *args)[0] == 0
 
 
 def test_an_artifact_file_whose_staged_copy_is_gone_is_refused_or_dropped(artifact_root, tmp_path):

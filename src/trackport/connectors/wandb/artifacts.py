@@ -81,6 +81,55 @@ def is_artifact_project(project: str) -> bool:
     return project.startswith(PROJECT_PREFIX) and len(project) > len(PROJECT_PREFIX)
 
 
+def producer_project_of(project: str) -> str:
+    """`ENTITY/PROJECT` of the project an artifact version's canonical project names."""
+    return project[len(PROJECT_PREFIX):].rsplit("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Relog:
+    """What the W&B sink logs to make an artifact version of a canonical entry again."""
+
+    name: str
+    type: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    aliases: list[str]                      # without "latest", which W&B sets itself
+    references: dict[str, str]              # path in the artifact -> URI
+
+
+# Types W&B keeps for what the SDK logs itself (a wandb.Table's run_table, a job, code):
+# wandb.Artifact refuses them (wandb/sdk/artifacts/_validators.py, validate_artifact_type).
+_RESERVED_TYPE_PREFIX = "wandb-"
+_RESERVED_NAME_PREFIX_BY_TYPE = {"job": "", "run_table": "run-", "code": "source-"}
+
+
+def reserved(kind: str, name: str) -> bool:
+    prefix = _RESERVED_NAME_PREFIX_BY_TYPE.get(kind)
+    return kind.startswith(_RESERVED_TYPE_PREFIX) or (prefix is not None and name.startswith(prefix))
+
+
+def relog_of(values: dict[str, Any]) -> Relog | None:
+    """From the entry's single values (path -> value); None when they name no artifact a
+    user may log (no name or type, or a type W&B reserves)."""
+    value = values.get
+    name, kind = value(NAME), value(TYPE)
+    if not name or not kind or reserved(str(kind), str(name)):
+        return None
+    metadata = None
+    text = value(METADATA)
+    if text:
+        try:
+            loaded = json.loads(text)
+            metadata = loaded if isinstance(loaded, dict) else None
+        except ValueError:
+            metadata = None
+    return Relog(name=str(name), type=str(kind), description=value(DESCRIPTION) or None, metadata=metadata,
+                 aliases=sorted(a for a in (value(ALIASES) or []) if a != "latest"),
+                 references={p[len(REFERENCE_PREFIX):]: str(v) for p, v in sorted(values.items())
+                             if p.startswith(REFERENCE_PREFIX) and v})
+
+
 def file_name(digest: str, path: str) -> str:
     """An artifact file as `file_value.path`: `<digest>/<path in the artifact>`."""
     return f"{digest}/{path}"

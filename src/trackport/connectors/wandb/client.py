@@ -86,6 +86,11 @@ def wandb_init(**kwargs):
     return init(**kwargs)
 
 
+def new_artifact(name: str, kind: str, description: str | None, metadata: dict | None):
+    """A `wandb.Artifact` to fill and log (sink.py, `_log_artifact`)."""
+    return import_wandb().Artifact(name, type=kind, description=description, metadata=metadata)
+
+
 _START_MS: dict[str, int] = {}     # run id -> the start its run record must carry, in ms
 _START_LOCK = threading.Lock()
 

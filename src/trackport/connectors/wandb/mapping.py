@@ -633,6 +633,9 @@ SINK_TRANSFORMATIONS: dict[str, str] = {
     "cannot set (goal, summary 'best', expanded_from_glob) is left out of the W&B metric "
     "definition (the attribute keeps it, in config and the manifest); a value that is not a JSON "
     "object defines no metric",
+    "artifact_kept_as_run": "an artifact version (project wandb-artifacts/...) W&B does not let a "
+    "user log: a type it reserves (wandb-*, job, run_table named run-*, code named source-*: what "
+    "the SDK makes itself) or no name/type; written as a run only (its files as run files)",
 }
 
 SINK_CAPABILITIES = Capabilities(

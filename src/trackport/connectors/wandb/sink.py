@@ -47,6 +47,7 @@ from trackport.core.model import DestRun, Origin, RunRef
 from trackport.core.registry import ParsedUri
 from trackport.core.schema import DEST_STEP, FILE_TYPES, HISTOGRAM_TYPE, VALUE_COLUMN, ms_from_datetime
 
+from . import artifacts
 from . import mapping as mp
 from .datastore import DatastoreError, LogReader
 
@@ -108,7 +109,10 @@ class WandbSink(Sink):
     # -- identity ----------------------------------------------------------------
 
     def project_for(self, origin: Origin) -> str:
-        return self.project or mp.dest_project(origin.project_id)
+        project = origin.project_id
+        if artifacts.is_artifact_project(project):   # an artifact version goes beside its runs
+            project = artifacts.producer_project_of(project)
+        return self.project or mp.dest_project(project)
 
     def run_id_for(self, origin: Origin) -> str:
         return mp.dest_run_id(origin.uri, origin.project_id, origin.run_id)
@@ -552,6 +556,8 @@ class WandbRunWriter(RunScoped, RunWriter):
             manifest.parent.mkdir(parents=True, exist_ok=True)
             manifest.write_text(mp.dumps_manifest(self.manifest), encoding="utf-8")
             self.run.save(str(manifest), base_path=str(self.files_dir), policy="now")
+            if artifacts.is_artifact_project(self.project_id):
+                self._log_artifact()
             url = getattr(self.run, "url", None) if self.sink.mode == "online" else None
             if self.sink.mode == "online":
                 # everything on the server first (history, files, file_stream `complete`) ...
@@ -569,6 +575,34 @@ class WandbRunWriter(RunScoped, RunWriter):
             raise
         self._cleanup()
         return DestRun(self.run_id, True, url, None, version=self.plan.source_version)
+
+    def _log_artifact(self) -> None:
+        """An artifact version's entry (docs/wandb.md, "Artifacts") is logged again as an
+        artifact, from the run that carries it: same name, type, description, metadata,
+        aliases, files and references, so W&B computes the same digest."""
+        relog = artifacts.relog_of({path: value for path, (_kind, value) in self.plan.scan.values.items()})
+        if relog is None:
+            self._count("artifact_kept_as_run", self.project_id)
+            return
+        from .client import new_artifact
+
+        try:
+            artifact = new_artifact(relog.name, relog.type, relog.description, relog.metadata)
+        except (ValueError, TypeError) as exc:   # a name or metadata W&B refuses
+            raise self._err(f"artifact {relog.name!r} ({relog.type}) refused by wandb.Artifact: {exc}") from None
+        for entry in self.manifest["files"]:
+            if entry["type"] == "file" and entry["path"].startswith(artifacts.FILES):
+                artifact.add_file(str(self.files_dir / entry["rel"]), name=entry["path"][len(artifacts.FILES):])
+        for path, uri in relog.references.items():
+            try:
+                artifact.add_reference(uri, name=path, checksum=False)
+            except Exception as exc:   # a scheme whose handler needs a package (s3: boto3)
+                raise self._err(f"artifact {relog.name}: reference {path} -> {uri} not accepted by W&B "
+                                f"({type(exc).__name__}: {exc})") from None
+        try:
+            self.run.log_artifact(artifact, aliases=relog.aliases or None)
+        except Exception as exc:
+            raise self._err(f"log_artifact({relog.name!r}) failed: {type(exc).__name__}: {exc}") from None
 
     def _define_metrics(self) -> None:
         """`run.define_metric` for every `wandb/define_metric/<name>` value, AFTER the history:

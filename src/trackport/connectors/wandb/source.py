@@ -45,6 +45,7 @@ from trackport.core.schema import (
     rows_to_table,
 )
 
+from . import artifacts as art_map
 from . import mapping as mp
 from . import offline_artifacts
 from .datastore import DatastoreError, LogReader
@@ -173,6 +174,8 @@ class WandbOfflineSource(Source):
                 last = folders[-1]
                 parts = tuple((f.run_dir, f.log_file) for f in folders) if len(folders) > 1 else ()
                 yield RunRef(project, run_id, Locator(last.run_dir, last.log_file, parts))
+            if art_map.is_artifact_project(project):
+                continue   # a run the W&B sink wrote to carry an artifact version: it is that version
             for folder in folders:
                 for loc in offline_artifacts.scan(self.pb, folder.log_file, project, run_id):
                     key = (loc.artifact.project_id, loc.artifact.digest)
