@@ -345,6 +345,15 @@ def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_ro
         assert set(art.aliases) == {*aliases, "latest"} and art.description == description
         assert (json.loads(art.metadata) if art.metadata else {}) == metadata
         assert {e.path: Path(e.local_path).read_bytes() for e in art.entries} == files
+    # W&B -> MLflow -> W&B: the same artifacts again (digest, aliases, bytes)
+    code, report, out = run_cli("copy", db, "wandb://ent/proj", "--wandb-mode", "offline",
+                                "--wandb-dir", str(tmp_path / "wb2"))
+    assert code == 0 and report["totals"]["moved"] == 3, out
+    again = {loc.artifact.name: loc.artifact for log in sorted((tmp_path / "wb2" / "wandb").glob("offline-run-*/*.wandb"))
+             for loc in scan(internal_pb2(), log, "-", "-")}
+    assert {a.name: (a.digest, sorted(a.aliases)) for a in logged} == {
+        n: (a.digest, sorted(a.aliases)) for n, a in again.items()}
+    assert all(Path(e.local_path).read_bytes() == wos.ARTIFACTS[n][1][e.path] for n, a in again.items() for e in a.entries)
     # the destination read as a source lists each version once (the run carrying it is it)
     code, report, out = run_cli("plan", f"wandb:{tmp_path / 'wb'}", str(tmp_path / "again"))
     assert code == 0 and sorted(r["project_id"] for r in report["runs"]) == sorted(
