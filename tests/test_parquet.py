@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -352,3 +353,42 @@ def test_an_object_storage_url_is_a_usage_error_not_a_local_folder(tmp_path, mon
         scheme = args[-1].split("://")[0].rsplit(":", 1)[-1]
         assert f"{scheme}:// is not a local folder" in out or f"unknown scheme {scheme!r}" in out, out
         assert not [p for p in work.rglob("*") if ":" in p.name], args
+
+
+def test_models_and_model_versions_of_export_models_move_as_runs_with_their_type(tmp_path):
+    """neptune-exporter's `export-models` writes a project's Neptune models and model versions
+    into data/<project>/models/ and model_versions/ (they were once silently left out)."""
+    from trackport.testing.corpus import CorpusRun, micro_steps, rows_table, series_table
+
+    project = "ws/proj"
+    src = tmp_path / "src"
+    write_exporter_export(src, build_corpus()[:1])
+    model = CorpusRun(project, "PROJ-MOD", rows_table(project, "PROJ-MOD", [
+        {"path": "sys/name", "type": "string", "value": "resnet"},
+        {"path": "model/signature", "type": "file", "value": "models/PROJ-MOD/model/signature"}]),
+        files={"models/PROJ-MOD/model/signature": b"signature bytes"})
+    version = CorpusRun(project, "PROJ-MOD-1", pa.concat_tables([
+        rows_table(project, "PROJ-MOD-1", [{"path": "sys/model_id", "type": "string", "value": "PROJ-MOD"},
+                                           {"path": "sys/stage", "type": "string", "value": "production"}]),
+        series_table(project, "PROJ-MOD-1", "val/acc", "float_series", [0.5, 0.75], micro_steps([0, 1]),
+                     [1_714_521_600_000, 1_714_521_601_000])]))
+    write_exporter_export(src, [model], entity_scope="models")
+    write_exporter_export(src, [version], entity_scope="model_versions")
+
+    code, report, out = run_cli("export", str(src), str(tmp_path / "out"))
+    assert code == 0, out
+    got = runs_by_id(report)
+    assert got["PROJ-MOD"]["transformations"] == {"container_as_run": 1}
+    assert got["PROJ-MOD-1"]["points"] == 2 and got["PROJ-MOD-1"]["transformations"] == {"container_as_run": 1}
+    tables = read_plain_export(tmp_path / "out")
+
+    def value(run_id, path):
+        rows = [r for r in tables[(project, run_id)].to_pylist() if r["attribute_path"] == path]
+        return rows[0]["string_value"] if rows else None
+
+    assert value("PROJ-MOD", "sys/container_type") == "model" and value("PROJ-MOD-1", "sys/container_type") == "model_version"
+    assert value("PROJ-MOD-1", "sys/stage") == "production"
+    (sig,) = [r for r in tables[(project, "PROJ-MOD")].to_pylist() if r["attribute_path"] == "model/signature"]
+    (copied,) = (tmp_path / "out" / "files").glob(f"*/{sig['file_value']['path']}")
+    assert copied.read_bytes() == b"signature bytes"
+    assert run_cli("verify", str(src), str(tmp_path / "out"))[0] == 0

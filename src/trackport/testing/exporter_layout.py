@@ -2,6 +2,7 @@
 
     <root>/data/<safe(project_id)>/<safe(run_id)>_part_<n>.parquet   snappy, canonical SCHEMA
     <root>/files/<safe(project_id)>/<file_value.path>
+    <root>/data/<safe(project_id)>/models|model_versions/...            `export-models`
 
 No `trackport.json`, no run manifests: this is the layout a team that used
 neptune-exporter already has on disk, so readers can be tested against it.
@@ -37,12 +38,15 @@ from trackport.core.schema import SCHEMA
 from .corpus import CorpusRun
 
 
-def write_exporter_export(root: Path, runs: list[CorpusRun], part_rows: int | None = None) -> None:
+def write_exporter_export(root: Path, runs: list[CorpusRun], part_rows: int | None = None,
+                          entity_scope: str | None = None) -> None:
     """Write `runs` under `root` in neptune-exporter's layout.
 
     `part_rows` splits each run into parts of at most that many rows (so a run
     can be multi-part); None writes one part per run.  Other runs already under
     `root` are left alone; a run written again replaces its earlier parts.
+    `entity_scope` ("models", "model_versions"): write them as `export-models` writes
+    Neptune models and model versions, in that folder of `data/<safe(project_id)>/`.
     """
     if part_rows is not None and part_rows < 1:
         raise ValueError("part_rows must be at least 1")
@@ -56,11 +60,13 @@ def write_exporter_export(root: Path, runs: list[CorpusRun], part_rows: int | No
             target = project_files / _checked_relative(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        _write_parts(root, run, part_rows)
+        _write_parts(root, run, part_rows, entity_scope)
 
 
-def _write_parts(root: Path, run: CorpusRun, part_rows: int | None) -> None:
+def _write_parts(root: Path, run: CorpusRun, part_rows: int | None, entity_scope: str | None = None) -> None:
     project_dir = root / "data" / safe(run.project_id)
+    if entity_scope is not None:
+        project_dir = project_dir / entity_scope
     project_dir.mkdir(parents=True, exist_ok=True)
     stem = safe(run.run_id)
     for leftover in sorted(project_dir.glob(f"{stem}_part_*.parquet*")):

@@ -29,6 +29,12 @@ from ...core.layout import (  # noqa: F401  (re-exported: the export's modules u
 FORMAT_VERSION = 1
 EXPORT_MANIFEST = "trackport.json"
 RUN_MANIFEST_SUFFIX = ".run.json"
+# neptune-exporter's `export-models` writes a project's Neptune models and model versions into
+# these folders of `data/<project>/` (and their files into `files/<project>/<folder>/`); the
+# folder is the entity's type, kept in the string attribute CONTAINER_TYPE when read
+# (neptune-exporter storage/parquet_writer.py, `entity_scope`).
+ENTITY_SCOPES = {"models": "model", "model_versions": "model_version"}
+CONTAINER_TYPE = "sys/container_type"
 PART_RE = re.compile(r"^(?P<stem>.+)_part_(?P<n>\d+)\.parquet$")
 
 

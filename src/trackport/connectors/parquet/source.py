@@ -18,7 +18,7 @@ from ...core.connector import FileAccess, Source
 from ...core.errors import RunError, UsageError
 from ...core.files import DirectoryFiles
 from ...core.model import Origin, RunRef, Selection
-from ...core.schema import SchemaError, check_types, conform
+from ...core.schema import SchemaError, check_types, conform, rows_to_table
 from . import layout
 
 BATCH_ROWS = 65_536
@@ -126,6 +126,8 @@ class RunFiles:
     # False when its folder or parts lead outside the export root: nothing of it is read,
     # not even the footer that would name the run
     readable: bool = True
+    # a Neptune model or model version of neptune-exporter's `export-models` (layout.ENTITY_SCOPES)
+    container: str | None = None
 
 
 class ExportRoot:
@@ -165,7 +167,9 @@ class ExportRoot:
 
 
 class ParquetSource(Source):
-    capabilities = Capabilities(replayable=True)
+    capabilities = Capabilities(replayable=True, transformations={
+        "container_as_run": "a Neptune model or model version of neptune-exporter's export-models "
+        "(data/<project>/models|model_versions/) moved as a run, its type in sys/container_type"})
 
     def __init__(self, root: Path, options: dict[str, Any]):
         self.export = ExportRoot(root)
@@ -203,42 +207,49 @@ class ParquetSource(Source):
         ours = self.export.manifest is not None
         root = self.export.root
         for project_dir in sorted(p for p in self.export.data.iterdir() if p.is_dir()):
-            stems: dict[str, list[tuple[int, Path]]] = defaultdict(list)
-            for part in project_dir.glob("*_part_*.parquet"):
-                match = layout.PART_RE.match(part.name)
-                if match:
-                    stems[match["stem"]].append((int(match["n"]), part))
-            manifests = {
-                p.name[: -len(layout.RUN_MANIFEST_SUFFIX)]: p
-                for p in project_dir.glob("*" + layout.RUN_MANIFEST_SUFFIX)
-            }
-            folder_outside = layout.escape_below(root, project_dir)
-            for stem in sorted(set(stems) | set(manifests)):
-                numbered = sorted(stems.get(stem, []))
-                parts = [p for _, p in numbered]
-                mine = parts + ([manifests[stem]] if stem in manifests else [])
-                outside = folder_outside or next(filter(None, (layout.escape_below(root, p) for p in mine)), None)
-                if outside is not None:
-                    # Nothing of it is read, not even the footer that names it.
-                    problem = (f"{outside} leads outside the export root {root} (a symlink to "
-                               f"{(root / outside).resolve()}); nothing is read through it. Fix: copy the "
-                               f"data into the export instead of linking it")
-                    yield RunFiles(project_dir, stem, parts, None, True, problem, readable=False)
-                    continue
-                manifest, problem = None, None
-                if stem in manifests:
-                    try:
-                        manifest = layout.read_json(manifests[stem])
-                        manifest["project_id"], manifest["run_id"]
-                    except (OSError, ValueError, TypeError, KeyError) as exc:
-                        # the run is still listed (named by its part), and fails naming the manifest
-                        manifest, problem = None, (f"run manifest {manifests[stem]} is damaged ({_one_line(exc)}). "
-                                                   f"Fix: export the run again")
-                complete = (manifest is not None or problem is not None) if ours else \
-                    bool(parts) and parts[0].name.endswith("_part_0.parquet")
-                if problem is None and complete:
-                    problem = _parts_problem(project_dir, [n for n, _ in numbered], parts, manifest)
-                yield RunFiles(project_dir, stem, parts, manifest, complete, problem)
+            yield from self._runs_in(project_dir, ours, root, None)
+            for folder, container in sorted(layout.ENTITY_SCOPES.items()):
+                if (project_dir / folder).is_dir():
+                    yield from self._runs_in(project_dir / folder, ours, root, container)
+
+    def _runs_in(self, project_dir: Path, ours: bool, root: Path, container: str | None) -> Iterator[RunFiles]:
+        """The runs of one folder of `data/` (a project's, or its models / model versions)."""
+        stems: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+        for part in project_dir.glob("*_part_*.parquet"):
+            match = layout.PART_RE.match(part.name)
+            if match:
+                stems[match["stem"]].append((int(match["n"]), part))
+        manifests = {
+            p.name[: -len(layout.RUN_MANIFEST_SUFFIX)]: p
+            for p in project_dir.glob("*" + layout.RUN_MANIFEST_SUFFIX)
+        }
+        folder_outside = layout.escape_below(root, project_dir)
+        for stem in sorted(set(stems) | set(manifests)):
+            numbered = sorted(stems.get(stem, []))
+            parts = [p for _, p in numbered]
+            mine = parts + ([manifests[stem]] if stem in manifests else [])
+            outside = folder_outside or next(filter(None, (layout.escape_below(root, p) for p in mine)), None)
+            if outside is not None:
+                # Nothing of it is read, not even the footer that names it.
+                problem = (f"{outside} leads outside the export root {root} (a symlink to "
+                           f"{(root / outside).resolve()}); nothing is read through it. Fix: copy the "
+                           f"data into the export instead of linking it")
+                yield RunFiles(project_dir, stem, parts, None, True, problem, readable=False, container=container)
+                continue
+            manifest, problem = None, None
+            if stem in manifests:
+                try:
+                    manifest = layout.read_json(manifests[stem])
+                    manifest["project_id"], manifest["run_id"]
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    # the run is still listed (named by its part), and fails naming the manifest
+                    manifest, problem = None, (f"run manifest {manifests[stem]} is damaged ({_one_line(exc)}). "
+                                               f"Fix: export the run again")
+            complete = (manifest is not None or problem is not None) if ours else \
+                bool(parts) and parts[0].name.endswith("_part_0.parquet")
+            if problem is None and complete:
+                problem = _parts_problem(project_dir, [n for n, _ in numbered], parts, manifest)
+            yield RunFiles(project_dir, stem, parts, manifest, complete, problem, container=container)
 
     def _identity(self, run: RunFiles) -> tuple[str, str] | str:
         """(project_id, run_id) as the run records them, or why they cannot be read."""
@@ -311,6 +322,7 @@ class ParquetSource(Source):
                 raise RunError(why, project_id=run.project_id, run_id=run.run_id,
                                file=str(part or files.data_dir / f"{files.stem}{layout.RUN_MANIFEST_SUFFIX}"))
             self._checked.add(key)
+        typed = False    # a model's rows that already say its container type
         for part in files.parts:
             try:
                 # Parts trackport writes carry page checksums (CRC32): a flipped bit fails here
@@ -321,6 +333,8 @@ class ParquetSource(Source):
                     _check_rows_belong(table, run.project_id, run.run_id)
                     check_types(table)
                     table = select.filter(table)
+                    if files.container and not typed:
+                        typed = pc.any(pc.equal(table.column("attribute_path"), layout.CONTAINER_TYPE)).as_py()
                     if table.num_rows:
                         yield table
             except SchemaError as exc:
@@ -331,6 +345,18 @@ class ParquetSource(Source):
             except (OSError, pa.ArrowException) as exc:
                 raise RunError(f"cannot read the part ({_one_line(exc)}): the file is damaged. {_FIX_DAMAGED}",
                                project_id=run.project_id, run_id=run.run_id, file=str(part)) from None
+        if files.container and not typed:
+            table = select.filter(rows_to_table([{"attribute_path": layout.CONTAINER_TYPE, "attribute_type": "string",
+                                                  "string_value": files.container}],
+                                                {"project_id": run.project_id, "run_id": run.run_id}))
+            if table.num_rows:
+                yield table
+
+    def account(self, run: RunRef, report) -> None:
+        """A Neptune model or model version moves as a run, its type in sys/container_type."""
+        files = run.locator
+        if isinstance(files, RunFiles) and files.container:
+            report.transformed("container_as_run", 1, f"{files.container} {run.run_id}")
 
     def files(self, run: RunRef) -> FileAccess:
         # The files of one project of the export; no component of a path may leave the export root.
