@@ -16,3 +16,15 @@ from trackport.testing.conformance import (  # noqa: F401  (re-exported)
 
 def runs_by_id(report: dict) -> dict[str, dict]:
     return {r["run_id"]: r for r in report.get("runs", [])}
+
+
+def copy_verify_rerun(src: str, *dest: str, runs: int) -> dict:
+    """`copy` moves `runs` runs, `verify` finds them all, a second `copy` skips them all;
+    returns the first copy's report."""
+    code, report, out = run_cli("copy", src, *dest)
+    assert code == 0 and report["totals"]["moved"] == runs, out
+    code, checked, out = run_cli("verify", src, *dest)
+    assert code == 0 and checked["totals"]["verified"] == runs, out
+    code, again, out = run_cli("copy", src, *dest)
+    assert code == 0 and again["totals"]["skipped"] == runs and again["totals"]["points"] == 0, out
+    return report

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import wandb_offline_support as wos
-from support import read_plain_export, run_cli, runs_by_id
+from support import copy_verify_rerun, read_plain_export, run_cli, runs_by_id
 from trackport.core.layout import safe
 from trackport.testing import conformance
 
@@ -326,13 +326,7 @@ def _cli_in(cwd: Path, *args: str):
 
 
 def test_dvclive_to_dvclive_keeps_the_native_run(native, tmp_path):
-    dest = f"dvclive:{tmp_path / 'copy'}"
-    code, report, out = run_cli("copy", f"dvclive:{native}", dest)
-    assert code == 0 and report["totals"]["moved"] == 2, out
-    code, checked, out = run_cli("verify", f"dvclive:{native}", dest)
-    assert code == 0 and checked["totals"]["verified"] == 2, out
-    code, again, out = run_cli("copy", f"dvclive:{native}", dest)
-    assert code == 0 and again["totals"]["skipped"] == 2, out
+    copy_verify_rerun(f"dvclive:{native}", f"dvclive:{tmp_path / 'copy'}", runs=2)
 
 
 # -- conformance (trackport.testing.conformance) -------------------------------------------------

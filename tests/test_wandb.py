@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pytest
 
 import wandb_offline_support as wos
-from support import read_plain_export, run_cli, runs_by_id
+from support import copy_verify_rerun, read_plain_export, run_cli, runs_by_id
 from wandb_server import wandb_server  # noqa: F401  (fixture)
 from trackport.connectors.wandb import mapping as mp
 from trackport.connectors.wandb.datastore import BLOCK_SIZE, LogReader, write_log
@@ -318,20 +318,12 @@ def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_ro
 
     # into MLflow: verify clean, a rerun moves nothing
     db = f"mlflow:sqlite:///{tmp_path / 'm.db'}"
-    code, report, out = run_cli("copy", f"wandb:{root}", db)
-    assert code == 0 and report["totals"]["moved"] == 3, out
-    code, report, out = run_cli("verify", f"wandb:{root}", db)
-    assert code == 0 and report["totals"]["verified"] == 3, out
-    code, report, out = run_cli("copy", f"wandb:{root}", db)
-    assert code == 0 and report["totals"]["skipped"] == 3, out
+    copy_verify_rerun(f"wandb:{root}", db, runs=3)
     # into W&B (offline): logged again as artifacts beside the runs, with the same digest
     # (same names and bytes), type, aliases and metadata; verify clean; a rerun moves nothing
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "sink-data"))    # where the SDK stages them
     args = ("wandb://ent/proj", "--wandb-mode", "offline", "--wandb-dir", str(tmp_path / "wb"))
-    code, report, out = run_cli("copy", f"wandb:{root}", *args)
-    assert code == 0 and report["totals"]["moved"] == 3, out
-    assert run_cli("verify", f"wandb:{root}", *args)[0] == 0
-    assert run_cli("copy", f"wandb:{root}", *args)[1]["totals"]["skipped"] == 3
+    copy_verify_rerun(f"wandb:{root}", *args, runs=3)
     from trackport.connectors.wandb.client import internal_pb2
     from trackport.connectors.wandb.offline_artifacts import scan
 
