@@ -357,6 +357,50 @@ def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_ro
     assert code == 0 and [r["project_id"] for r in report["runs"]] == [am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
 
 
+def test_a_manifest_the_sdk_wrote_to_a_file_is_read_from_it(artifact_root, tmp_path):
+    """Over 100,000 entries, the SDK writes the manifest to a gzipped JSON-lines file and
+    records only its path (wandb/sdk/interface/interface.py, `_make_artifact_manifest`)."""
+    import gzip
+
+    from trackport.connectors.wandb import artifacts as am
+    from trackport.connectors.wandb.client import internal_pb2
+
+    src, _ = artifact_root
+    pb = internal_pb2()
+    (log,) = (src / "wandb").glob("offline-run-*/*.wandb")
+    run_dir = tmp_path / "wandb" / log.parent.name
+    run_dir.mkdir(parents=True)
+    payloads = []
+    for payload in LogReader(log):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        if record.WhichOneof("record_type") == "artifact" and record.artifact.name == "resnet":
+            manifest = record.artifact.manifest
+            lines = [json.dumps({"path": c.path, "digest": c.digest, "size": c.size, "local_path": c.local_path})
+                     for c in manifest.contents]
+            listed = tmp_path / "manifest_contents.jl.gz"
+            with gzip.open(listed, "wt") as fh:
+                fh.write("\n".join(lines) + "\n")
+            del manifest.contents[:]
+            manifest.manifest_file_path = str(listed)
+            payload = record.SerializeToString()
+        payloads.append(payload)
+    write_log(run_dir / log.name, payloads)
+    runs = _export(f"wandb:{tmp_path}", tmp_path / "out")
+    (table,) = [t for (p, _), t in runs.items() if p == am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
+    files = {r["attribute_path"]: r["file_value"]["path"] for r in table.to_pylist() if r["attribute_type"] == "file"}
+    assert sorted(files) == sorted(am.FILES + p for p in wos.ARTIFACTS["resnet"][1])
+    for path, rel in files.items():
+        (got,) = (tmp_path / "out" / "files").glob(f"*/{rel}")
+        assert got.read_bytes() == wos.ARTIFACTS["resnet"][1][path[len(am.FILES):]]
+
+    (tmp_path / "manifest_contents.jl.gz").unlink()       # gone (deleted after `wandb sync`)
+    code, report, out = run_cli("export", f"wandb:{tmp_path}", str(tmp_path / "again"))
+    assert code == 1, out
+    (failed,) = [r for r in report["runs"] if r["status"] == "failed"]
+    assert "manifest file cannot be read" in failed["error"] and "manifest_contents" in failed["error"], failed
+
+
 def test_an_artifact_of_a_type_wandb_reserves_is_written_to_wandb_as_a_run(offline_root, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "sink-data"))
     args = ("wandb://ent/proj", "--wandb-mode", "offline", "--wandb-dir", str(tmp_path / "wb"))
