@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from support import run_cli, runs_by_id
+from support import read_plain_export, run_cli, runs_by_id
 
 MODEL = "clf"
 
@@ -124,7 +124,10 @@ def test_mlflow_to_parquet_to_mlflow_gives_the_same(tmp_path):
     export = tmp_path / "export"
     code, report, out = run_cli("export", f"mlflow:{src_uri}", str(export))
     assert code == 0, out
-    assert list((export / "data").glob("mlflow-registry_clf-*/*_part_0.parquet"))
+    # a format extension: one folder down, where neptune-exporter's readers do not look
+    assert list((export / "data").glob("mlflow-registry_clf-*/extensions/*_part_0.parquet"))
+    assert not list((export / "data").glob("mlflow-registry_clf-*/*_part_0.parquet"))
+    assert not any(p[0].startswith("mlflow-registry/") for p in read_plain_export(export))
     dst_uri = f"sqlite:///{tmp_path / 'dst.db'}"
     code, report, out = run_cli("load", str(export), f"mlflow:{dst_uri}")
     assert code == 0, out

@@ -61,7 +61,7 @@ def _run_dir(root: Path, run_id: str) -> Path:
 def _export(src: str, dest: Path, *args: str) -> dict[tuple[str, str], pa.Table]:
     code, report, out = run_cli("export", src, str(dest), *args)
     assert code == 0, out
-    return read_plain_export(dest)
+    return read_plain_export(dest, extensions=True)
 
 
 def _series(table: pa.Table, path: str) -> list[tuple]:

@@ -61,8 +61,11 @@ class ConnectorSpec:
     connector uses; checked when the connector opens (`check_sdk_version`), and its extra pins
     the same range.  `inspect`: the module also defines
     `inspect(parsed, options, select) -> Inspection` (core/connector.py), what `trackport
-    inspect LOCATION` shows.  `module` is filled in by discovery: the module that defines the
-    spec and the `open_*` functions.
+    inspect LOCATION` shows.  `extension_projects`: prefixes of the project ids under which its
+    source puts what is not a training run (registry entries, artifact versions; a documented
+    extension of the format, docs/format.md): a parquet export keeps their parts where
+    neptune-exporter's readers do not look.  `module` is filled in by discovery: the module that
+    defines the spec and the `open_*` functions.
     """
 
     schemes: tuple[str, ...]
@@ -76,6 +79,7 @@ class ConnectorSpec:
     bare_paths: bool = False
     sdk_versions: Mapping[str, str] = field(default_factory=dict)
     inspect: bool = False
+    extension_projects: tuple[str, ...] = ()
     module: str = ""
     distribution: str | None = None    # the installed distribution providing a third-party connector
 
@@ -188,6 +192,12 @@ def reset() -> None:
 def connectors() -> dict[str, ConnectorSpec]:
     """scheme -> spec, for every scheme of every installed connector."""
     return {scheme: spec for spec in specs() for scheme in spec.schemes}
+
+
+def is_extension_project(project_id: str) -> bool:
+    """Whether `project_id` holds entries of a format extension (ConnectorSpec.extension_projects)."""
+    return any(project_id.startswith(prefix) and len(project_id) > len(prefix)
+               for spec in specs() for prefix in spec.extension_projects)
 
 
 def connector_options() -> list[ConnectorOption]:

@@ -85,12 +85,14 @@ def canonical_rows(table: pa.Table) -> list[tuple]:
     return sorted(rows, key=repr)
 
 
-def read_plain_export(root: Path) -> dict[tuple[str, str], pa.Table]:
-    """Read an export knowing only neptune-exporter's schema and layout (no trackport code)."""
+def read_plain_export(root: Path, extensions: bool = False) -> dict[tuple[str, str], pa.Table]:
+    """Read an export knowing only neptune-exporter's schema and layout (no trackport code);
+    `extensions`: also the entries of format extensions, one folder down (docs/format.md)."""
     runs: dict[str, list[Path]] = {}
-    for part in sorted((Path(root) / "data").glob("*/*_part_*.parquet")):
+    patterns = ["*/*_part_*.parquet"] + (["*/extensions/*_part_*.parquet"] if extensions else [])
+    for part in sorted(p for pattern in patterns for p in (Path(root) / "data").glob(pattern)):
         stem = part.name.rsplit("_part_", 1)[0]
-        runs.setdefault(f"{part.parent.name}/{stem}", []).append(part)
+        runs.setdefault(f"{part.parent.relative_to(Path(root) / 'data').as_posix()}/{stem}", []).append(part)
     out = {}
     for key, parts in runs.items():
         parts.sort(key=lambda p: int(p.name.rsplit("_part_", 1)[1].split(".")[0]))

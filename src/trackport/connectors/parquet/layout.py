@@ -55,8 +55,17 @@ def files_dir(root: Path) -> Path:
     return root / "files"
 
 
+# The parts of a format extension's entries (registry entries, artifact versions:
+# registry.is_extension_project) go one folder down, where neptune-exporter's readers, which
+# read `data/<project>/*_part_*.parquet`, do not look (docs/format.md, "Layout").
+EXTENSIONS = "extensions"
+
+
 def project_data_dir(root: Path, project_id: str) -> Path:
-    return data_dir(root) / safe(project_id)
+    from trackport.core.registry import is_extension_project
+
+    folder = data_dir(root) / safe(project_id)
+    return folder / EXTENSIONS if is_extension_project(project_id) else folder
 
 
 def project_files_dir(root: Path, project_id: str) -> Path:

@@ -208,6 +208,8 @@ class ParquetSource(Source):
         root = self.export.root
         for project_dir in sorted(p for p in self.export.data.iterdir() if p.is_dir()):
             yield from self._runs_in(project_dir, ours, root, None)
+            if (project_dir / layout.EXTENSIONS).is_dir():
+                yield from self._runs_in(project_dir / layout.EXTENSIONS, ours, root, None)
             for folder, container in sorted(layout.ENTITY_SCOPES.items()):
                 if (project_dir / folder).is_dir():
                     yield from self._runs_in(project_dir / folder, ours, root, container)

@@ -21,6 +21,7 @@ SPEC = ConnectorSpec(
     # api.py and client.py use wandb.sdk internals (wandb_setup, wbauth, service_connection,
     # wandb_init, wandb_internal_pb2, File._attrs); pyproject's `wandb` extra pins the same range.
     sdk_versions={"wandb": ">=0.31.0,<0.32"},
+    extension_projects=("wandb-artifacts/",),      # artifacts.PROJECT_PREFIX: artifact versions
     capabilities={"wandb": "trackport.connectors.wandb.mapping:SINK_CAPABILITIES"},
     options=(
         ConnectorOption("--wandb-mode", "W&B destination mode: online (default) or offline "
