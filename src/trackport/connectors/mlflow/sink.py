@@ -903,6 +903,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
                 # (SqlAlchemyStore.log_batch); a retried batch is idempotent (_log_metrics skips
                 # points already stored, an equal param is accepted).
                 self.tracking.log_batch(self.run_id, *self._held.take(), marks)
+            self._settle()
         except BaseException:
             self.abort()
             raise
@@ -938,8 +939,27 @@ class MlflowRunWriter(RunScoped, RunWriter):
             (self.project_id, self.source_run), [])
         winner = next((k for k in sorted(runs, key=lambda k: (not k.complete, k.run_id))
                        if k.run_id != self.run_id and (k.complete or k.run_id < self.run_id)), None)
-        if winner is None:
+        if winner is not None:
+            self._give_way(winner)
+
+    def _settle(self) -> None:
+        """After the completion mark, against a server or a database: a run of this origin with
+        a lower id wins over ours.  Its writer created it after our `_claim` looked and may have
+        passed its own `_claim` while ours was still partial (ours had the higher id), so both
+        would end complete; ours, complete like it, is deleted and the run is retried, skipping
+        (or resuming) that one.  A writer that creates its run after this look meets ours
+        complete in its `_claim` and gives way (docs/reliability.md, "MLflow across machines")."""
+        if self.tracking.local_store is not None:
             return
+        runs = self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
+            (self.project_id, self.source_run), [])
+        winner = min((k for k in runs if k.run_id != self.run_id and k.run_id < self.run_id),
+                     key=lambda k: k.run_id, default=None)
+        if winner is not None:
+            self._give_way(winner)
+
+    def _give_way(self, winner: _Known) -> None:
+        """Delete our run of this origin and retry the run, which skips or resumes `winner`."""
         log.warning("run %s/%s: another process wrote MLflow run %s for it at the same time; deleting "
                     "ours (%s) and going on with that one", self.project_id, self.source_run,
                     winner.run_id, self.run_id)
