@@ -26,7 +26,9 @@ SAMPLE = REPO / "examples" / "sample-export"
 def _log_scalars(logdir: Path, steps: range) -> None:
     from tensorboardX import SummaryWriter
 
-    writer = SummaryWriter(str(logdir))       # a new event file, as a resumed training writes one
+    # a new event file, as a resumed training writes one; tensorboardX names it by the second
+    # (event_file_writer.py), so two writers within one second would share (and overwrite) a file
+    writer = SummaryWriter(str(logdir), filename_suffix=f".from{steps.start}")
     for step in steps:
         writer.add_scalar("train/loss", 1.0 / (step + 1), step, walltime=1_700_000_000 + step)
     writer.close()
