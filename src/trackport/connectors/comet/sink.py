@@ -308,8 +308,6 @@ class CometOnlineSink(CometOfflineSink):
         return Sink.claim_dir(self)         # the host's claims for this URI (no local folder here)
 
     def server(self) -> str:
-        import os
-
         return os.environ.get("COMET_URL_OVERRIDE", "").strip() or "https://www.comet.com"
 
     def locator(self, key: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -64,8 +65,6 @@ class LitLoggerSink(Sink):
         return stream, ext, name
 
     def server(self) -> str:
-        import os
-
         return os.environ.get("LIGHTNING_CLOUD_URL", "").strip() or "https://lightning.ai"
 
     def find_run(self, origin: Origin) -> DestRun | None:

@@ -935,8 +935,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
         others' runs exist exactly one goes on; docs/reliability.md says what remains."""
         if self.tracking.local_store is not None:
             return
-        runs = self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
-            (self.project_id, self.source_run), [])
+        runs = self._origin_runs()
         winner = next((k for k in sorted(runs, key=lambda k: (not k.complete, k.run_id))
                        if k.run_id != self.run_id and (k.complete or k.run_id < self.run_id)), None)
         if winner is not None:
@@ -951,12 +950,16 @@ class MlflowRunWriter(RunScoped, RunWriter):
         complete in its `_claim` and gives way (docs/reliability.md, "MLflow across machines")."""
         if self.tracking.local_store is not None:
             return
-        runs = self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
-            (self.project_id, self.source_run), [])
+        runs = self._origin_runs()
         winner = min((k for k in runs if k.run_id != self.run_id and k.run_id < self.run_id),
                      key=lambda k: k.run_id, default=None)
         if winner is not None:
             self._give_way(winner)
+
+    def _origin_runs(self) -> list[_Known]:
+        """Every active MLflow run of this origin, asked of the store now."""
+        return self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
+            (self.project_id, self.source_run), [])
 
     def _give_way(self, winner: _Known) -> None:
         """Delete our run of this origin and retry the run, which skips or resumes `winner`."""

@@ -25,6 +25,7 @@ from ...core.layout import (  # noqa: F401  (re-exported: the export's modules u
     special_file,
     write_json_atomic,
 )
+from ...core.registry import is_extension_project
 
 FORMAT_VERSION = 1
 EXPORT_MANIFEST = "trackport.json"
@@ -62,8 +63,6 @@ EXTENSIONS = "extensions"
 
 
 def project_data_dir(root: Path, project_id: str) -> Path:
-    from trackport.core.registry import is_extension_project
-
     folder = data_dir(root) / safe(project_id)
     return folder / EXTENSIONS if is_extension_project(project_id) else folder
 

@@ -15,16 +15,15 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
-
-import pyarrow as pa
 
 from trackport.core.connector import FileAccess
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef
-from trackport.core.schema import VALUE_COLUMN, rows_to_table
 
 from . import artifacts as art_map
 from .datastore import DatastoreError, LogReader
@@ -77,13 +76,20 @@ def _locator(record, producer_project: str, producer_run: str) -> ArtifactLocato
     return ArtifactLocator(artifact, manifest.manifest_file_path or None)
 
 
+@lru_cache(maxsize=4)   # run_version, files and read of one version ask in turn
+def _manifest_file_entries(path: str, mtime_ns: int, size: int) -> tuple[art_map.Entry, ...]:
+    """The entries of a manifest file, as it is now (`mtime_ns` and `size` key the cache)."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return tuple(art_map.entry_from_json(json.loads(line)) for line in fh if line.strip())
+
+
 def load(loc: ArtifactLocator, ref: RunRef) -> art_map.Artifact:
     """The artifact with every manifest entry (read from the manifest file when there is one)."""
     if not loc.manifest_file:
         return loc.artifact
     try:
-        with gzip.open(loc.manifest_file, "rt", encoding="utf-8") as fh:
-            entries = tuple(art_map.entry_from_json(json.loads(line)) for line in fh if line.strip())
+        stat = os.stat(loc.manifest_file)
+        entries = _manifest_file_entries(loc.manifest_file, stat.st_mtime_ns, stat.st_size)
     except (OSError, ValueError, KeyError, EOFError) as exc:
         raise RunError(f"the artifact's manifest file cannot be read ({exc}); the SDK writes the manifest "
                        f"of an artifact with over 100,000 files there and deletes it after `wandb sync`",
@@ -91,9 +97,9 @@ def load(loc: ArtifactLocator, ref: RunRef) -> art_map.Artifact:
     return replace(loc.artifact, entries=entries)
 
 
-def read(loc: ArtifactLocator, ref: RunRef, notes: dict) -> pa.Table:
-    """The artifact version as one canonical table; staged files that are gone are named
-    in the run's warnings (the pipeline refuses or drops them as missing files)."""
+def read(loc: ArtifactLocator, ref: RunRef, notes: dict) -> list[art_map.Row]:
+    """The artifact version's rows; staged files that are gone are named in the run's
+    warnings (the pipeline refuses or drops them as missing files)."""
     artifact = load(loc, ref)
     rows = art_map.single_rows(artifact) + art_map.file_rows(artifact)
     for e in artifact.entries:
@@ -102,9 +108,7 @@ def read(loc: ArtifactLocator, ref: RunRef, notes: dict) -> pa.Table:
                 f"artifact {artifact.name}:{artifact.digest[:8]} file {e.path}: its staged copy "
                 f"{e.local_path or '(none recorded)'} is gone (the SDK deletes staged files once `wandb sync` "
                 f"uploaded them: the bytes are in W&B then, not here)")
-    return rows_to_table(
-        ({"attribute_path": r.path, "attribute_type": r.type, VALUE_COLUMN[r.type]: r.value} for r in rows),
-        {"project_id": ref.project_id, "run_id": ref.run_id})
+    return rows
 
 
 def version(loc: ArtifactLocator, ref: RunRef) -> str:

@@ -169,12 +169,14 @@ class WandbOfflineSource(Source):
     def list_runs(self, select: Selection) -> Iterator[RunRef]:
         """Each run, then each artifact version it logged (docs/wandb.md, "Artifacts")."""
         listed: set[tuple[str, str]] = set()
+        # reading whole logs for artifacts only when the selection may want one
+        wants_artifacts = not select.projects or any(art_map.is_artifact_project(p) for p in select.projects)
         for project, run_id, folders in self._grouped():
             if select.wants_run(project, run_id):
                 last = folders[-1]
                 parts = tuple((f.run_dir, f.log_file) for f in folders) if len(folders) > 1 else ()
                 yield RunRef(project, run_id, Locator(last.run_dir, last.log_file, parts))
-            if art_map.is_artifact_project(project):
+            if art_map.is_artifact_project(project) or not wants_artifacts:
                 continue   # a run the W&B sink wrote to carry an artifact version: it is that version
             for folder in folders:
                 for loc in offline_artifacts.scan(self.pb, folder.log_file, project, run_id):
@@ -294,7 +296,8 @@ class WandbOfflineSource(Source):
         if isinstance(run.locator, offline_artifacts.ArtifactLocator):
             notes: dict[str, Any] = {"transformations": {}, "drops": {}, "warnings": [], "details": {}}
             self._notes[(run.project_id, run.run_id)] = notes
-            yield select.filter(offline_artifacts.read(run.locator, run, notes))
+            yield select.filter(_rows_table(offline_artifacts.read(run.locator, run, notes),
+                                            run.project_id, run.run_id))
             return
         loc: Locator = run.locator
         replay = Replay(run, loc, self.pb)
