@@ -45,13 +45,15 @@ def _ms(wall: float) -> datetime:
     return datetime.fromtimestamp(round(wall * 1000) / 1000, tz=timezone.utc)
 
 
-def write_training(logdir: Path, steps=STEPS, wall0=WALL0, hparams=True) -> None:
-    """One training with two sub-directories: scalars, histogram, image, audio, text, hparams."""
+def write_training(logdir: Path, steps=STEPS, wall0=WALL0, hparams=True, suffix: str = "") -> None:
+    """One training with two sub-directories: scalars, histogram, image, audio, text, hparams.
+    tensorboardX names event files by the second and the host (event_file_writer.py): `suffix`
+    tells apart a training written within the same second as another."""
     from tensorboardX import SummaryWriter
     from tensorboardX.summary import hparams as hparams_summary
 
     for sub, scale in SUBDIRS.items():
-        writer = SummaryWriter(str(logdir / "exp1" / sub))
+        writer = SummaryWriter(str(logdir / "exp1" / sub), filename_suffix=suffix)
         for i, step in enumerate(steps):
             writer.add_scalar("loss", scale / (i + 1 + step), step, walltime=wall0 + step * 1.25 + scale)
         first = steps[0]
@@ -683,7 +685,7 @@ def test_a_moved_logdir_finds_the_runs_it_loaded(tmp_path):
     assert code == 0 and report["totals"]["verified"] == 1, text
     # another training in a logdir of the same name is another run, not this one
     other = tmp_path / "third" / "lightning_logs"
-    write_training(other, wall0=WALL0 + 86_400)
+    write_training(other, wall0=WALL0 + 86_400, suffix=".another")   # not the first's file name
     code, report, text = run_cli("copy", f"tensorboard:{other}", dest, *args)
     assert code == 0 and report["totals"]["moved"] == 1, text
 
