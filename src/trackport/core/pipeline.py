@@ -378,8 +378,20 @@ class Pipeline:
                    committing: dict[str, bool]) -> None:
         sink = self.sink
         version = self.source.run_version(ref)
-        existing: DestRun | None = self.backoff.call(f"{name}: find",
-                                                     lambda: find_loaded(sink, self.source, ref, origin))
+        def find() -> DestRun | None:
+            return self.backoff.call(f"{name}: find", lambda: find_loaded(sink, self.source, ref, origin))
+
+        existing = find()
+        for pause in SETTLE_PAUSES_S:
+            if existing is None or not existing.duplicates or not existing.complete:
+                break
+            # A complete duplicate may be a run whose writer is deleting it right now: it marked
+            # it complete, then saw another writer's run win (docs/reliability.md, "MLflow across
+            # machines").  Look again a few times before calling it a duplicate.
+            time.sleep(pause)
+            self._check_cancel()
+            self.backoff.call(f"{name}: find", lambda: sink.forget(origin), ref)
+            existing = find()
         if existing is not None and existing.duplicates:
             if not existing.complete:
                 # None complete: other processes may still be settling who writes this run (the
@@ -539,6 +551,11 @@ class Pipeline:
             dest, _ = plan.steps.convert(table.column("step"))
             table = table.append_column(pa.field(DEST_STEP, pa.int64()), dest)
         return table
+
+
+# Pauses before a complete duplicate is reported as one (a losing writer deletes its own run
+# within a request or two of marking it; 7.5 s in all is ample on a loaded machine).
+SETTLE_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 
 
 def in_parallel(work, items: list, workers: int) -> None:
