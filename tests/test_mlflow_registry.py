@@ -98,6 +98,12 @@ def test_mlflow_to_mlflow_keeps_every_version_alias_tag_and_link(tmp_path):
     planned = runs_by_id(report)["1"]
     assert "model_version_source_relocated" in planned["transformations"], planned
     assert not Path(tmp_path / "dst.db").exists()   # plan writes nothing
+    # --classes: `artifacts` alone selects the model versions, the run classes the runs
+    code, report, out = run_cli("plan", f"mlflow:{src_uri}", f"mlflow:{dst_uri}", "--classes", "artifacts")
+    assert code == 0 and {r["project_id"] for r in report["runs"]} == {f"mlflow-registry/{MODEL}"}, out
+    assert all(r["files"] > 0 for r in report["runs"]), out     # a version moves whole
+    code, report, out = run_cli("plan", f"mlflow:{src_uri}", f"mlflow:{dst_uri}", "--classes", "params,metrics")
+    assert code == 0 and {r["project_id"] for r in report["runs"]} == {"train"}, out
     code, report, out = run_cli("copy", f"mlflow:{src_uri}", f"mlflow:{dst_uri}")
     assert code == 0, out
     runs = runs_by_id(report)

@@ -357,6 +357,40 @@ def test_artifacts_of_offline_runs_move_as_versions_with_their_bytes(artifact_ro
     assert code == 0 and [r["project_id"] for r in report["runs"]] == [am.project_of(wos.ENTITY, wos.PROJECT, "resnet")]
 
 
+def test_classes_artifacts_selects_the_versions_and_plan_shows_their_sizes_first(artifact_root, tmp_path):
+    from click.testing import CliRunner
+
+    from trackport.cli import cli
+    from trackport.connectors.wandb import artifacts as am
+
+    root, _ = artifact_root
+    wanted = sorted(am.project_of(wos.ENTITY, wos.PROJECT, n) for n in wos.ARTIFACTS)
+    size = sum(len(b) for _, files, *_ in wos.ARTIFACTS.values() for b in files.values())
+    # `artifacts` alone: the versions, whole (their params and files too), and no run
+    code, report, out = run_cli("plan", f"wandb:{root}", str(tmp_path / "a"), "--classes", "artifacts")
+    assert code == 0, out
+    assert sorted(r["project_id"] for r in report["runs"]) == wanted
+    assert report["totals"]["bytes"] == size and all(r["params"] > 0 for r in report["runs"])
+    # the run classes alone: the runs, no version
+    code, report, out = run_cli("plan", f"wandb:{root}", str(tmp_path / "b"), "--classes", "params,metrics,series,files")
+    assert code == 0, out
+    assert [r["project_id"] for r in report["runs"]] == [f"{wos.ENTITY}/{wos.PROJECT}"]
+    # copied with `artifacts` alone into MLflow, the versions verify whole
+    db = f"mlflow:sqlite:///{tmp_path / 'm.db'}"
+    code, report, out = run_cli("copy", f"wandb:{root}", db, "--classes", "artifacts")
+    assert code == 0 and report["totals"]["moved"] == len(wanted) and report["totals"]["bytes"] == size, out
+    code, report, out = run_cli("verify", f"wandb:{root}", db, "--classes", "artifacts")
+    assert code == 0 and report["totals"]["verified"] == len(wanted), out
+    # the plan's text leads with what the versions weigh, before the table of runs
+    result = CliRunner().invoke(cli, ["plan", f"wandb:{root}", str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    sizes = next(i for i, line in enumerate(lines) if line.startswith("artifact and model versions: "))
+    assert lines[sizes].startswith(f"artifact and model versions: {len(wanted)}, "
+                                   f"{sum(len(f) for _, f, *_ in wos.ARTIFACTS.values())} files, {size / 1000:,.1f} KB")
+    assert sizes < next(i for i, line in enumerate(lines) if "project" in line and "run" in line)
+
+
 def test_a_manifest_the_sdk_wrote_to_a_file_is_read_from_it(artifact_root, tmp_path):
     """Over 100,000 entries, the SDK writes the manifest to a gzipped JSON-lines file and
     records only its path (wandb/sdk/interface/interface.py, `_make_artifact_manifest`)."""

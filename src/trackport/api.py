@@ -23,7 +23,7 @@ if TYPE_CHECKING:   # the heavy modules load when a command runs, not on `import
     from .core.progress import Progress, ProgressEvent
     from .core.report import CommandReport
 
-DEFAULT_CLASSES = ("params", "metrics", "series", "files")
+DEFAULT_CLASSES = ("params", "metrics", "series", "files", "artifacts")
 ProgressArg = "Callable[[ProgressEvent], None] | Progress | None"
 
 

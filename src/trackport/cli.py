@@ -19,8 +19,9 @@ def shared_options(fn):
         click.option("--project", "projects", multiple=True, help="Only this source project (repeatable)."),
         click.option("--run", "run_pattern", help="Only runs whose id matches this regex."),
         click.option("--attribute", "attribute_pattern", help="Only attributes whose path matches this regex (sys/* always kept)."),
-        click.option("--classes", default="params,metrics,series,files", show_default=True,
-                     help="Data classes to move: params, metrics, series, files."),
+        click.option("--classes", default="params,metrics,series,files,artifacts", show_default=True,
+                     help="Data classes to move: params, metrics, series, files of runs; artifacts: "
+                          "artifact and model versions (moved whole)."),
         click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True,
                      help="Runs moved in parallel; also the requests in flight to a destination "
                           "that takes requests (one pool shared by all runs)."),

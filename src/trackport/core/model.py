@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .schema import CLASSES
+from .schema import ALL_TYPES, ARTIFACTS_CLASS, CLASSES
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,22 @@ class Selection:
     classes: frozenset[str] = frozenset(CLASSES)
 
     def wants_project(self, project_id: str) -> bool:
-        return not self.projects or project_id in self.projects
+        if self.projects and project_id not in self.projects:
+            return False
+        from .registry import is_extension_project
+
+        if is_extension_project(project_id):
+            return ARTIFACTS_CLASS in self.classes
+        return bool(self.types)
+
+    def of_project(self, project_id: str) -> Selection:
+        """The selection a run of `project_id` is read with: an entry of a format extension
+        (an artifact or model version) is moved whole, whatever --classes and --attribute say."""
+        from .registry import is_extension_project
+
+        if not is_extension_project(project_id) or not self.filters_rows:
+            return self
+        return Selection(self.projects, self.run_pattern, None, frozenset(CLASSES))
 
     def wants_run(self, project_id: str, run_id: str) -> bool:
         if not self.wants_project(project_id):
@@ -66,7 +81,7 @@ class Selection:
 
     @property
     def filters_rows(self) -> bool:
-        return self.attribute_pattern is not None or self.classes != frozenset(CLASSES)
+        return self.attribute_pattern is not None or self.types != ALL_TYPES
 
     def filter(self, table: pa.Table) -> pa.Table:
         """Keep the rows of the selected classes and attributes (Arrow, no row loop)."""

@@ -299,7 +299,7 @@ class Pipeline:
                 run_report.status = SKIPPED
                 run_report.dest_id = existing.id
                 return run_report
-            data = RunData(self.source, ref, self.opts.select, self.work_dir)
+            data = RunData(self.source, ref, self.opts.select.of_project(ref.project_id), self.work_dir)
             scan = scan_run(data.tables())
             self._count(run_report, scan, data)
             self._attributes.saw(scan)
@@ -412,7 +412,7 @@ class Pipeline:
             run_report.status = SKIPPED
             run_report.dest_id = existing.id
             return
-        data = RunData(self.source, ref, self.opts.select, self.work_dir)
+        data = RunData(self.source, ref, self.opts.select.of_project(ref.project_id), self.work_dir)
         writer = None
         try:
             scan = scan_run(data.tables())

@@ -37,6 +37,9 @@ def render_report(report: CommandReport) -> None:
     if report.command == "plan":
         for line in data.get("destination_capabilities", []):
             console.print(f"  destination {plain(line)}")
+        sizes = _plan_sizes(report)
+        if sizes:
+            console.print(sizes)
     show_all = report.command in ("plan", "verify") or len(report.runs) <= _MAX_ROWS
     runs = sorted(report.runs, key=lambda r: (r.status not in _PROBLEMS, r.project_id, r.run_id))
     shown = [r for r in runs if show_all or r.status in _PROBLEMS or r.warnings][:_MAX_ROWS]
@@ -62,7 +65,8 @@ def render_report(report: CommandReport) -> None:
             style = "red" if r.status in _PROBLEMS else None
             table.add_row(plain(r.project_id), plain(r.run_id),
                           f"[{style}]{r.status}[/{style}]" if style else r.status,
-                          f"{r.points:,}", f"{r.params:,}", f"{r.files:,}", plain("\n".join(notes)))
+                          f"{r.points:,}", f"{r.params:,}",
+                          f"{r.files:,} ({_size(r.bytes)})" if r.files else "0", plain("\n".join(notes)))
         console.print(table)
         if len(shown) < len(runs):
             console.print(f"... {len(runs) - len(shown)} more run(s); --json for all")
@@ -77,3 +81,25 @@ def render_report(report: CommandReport) -> None:
         console.print("[red]dropped[/red]: " + plain(", ".join(f"{k} {v:,}" for k, v in sorted(totals["drops"].items()))) + allowed)
     for note in data["notes"]:          # scrubbed by to_json
         console.print(f"note: {plain(note)}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _plan_sizes(report: CommandReport) -> str | None:
+    """What a plan moves of artifact and model versions (format extensions) and of runs, sizes
+    first: artifacts can be most of a migration's bytes."""
+    from .registry import is_extension_project
+
+    entries = [r for r in report.runs if is_extension_project(r.project_id)]
+    if not entries:
+        return None
+    runs = [r for r in report.runs if not is_extension_project(r.project_id)]
+    return (f"artifact and model versions: {len(entries):,}, {sum(r.files for r in entries):,} files, "
+            f"{_size(sum(r.bytes for r in entries))}; runs: {len(runs):,}, "
+            f"{sum(r.files for r in runs):,} files, {_size(sum(r.bytes for r in runs))}")

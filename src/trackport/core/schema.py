@@ -110,13 +110,18 @@ def series_rows(table: pa.Table) -> pa.ChunkedArray:
     return pc.or_(pc.is_valid(table.column("step")),
                   pc.fill_null(pc.is_in(table.column("attribute_type"), value_set=stepped), False))
 
-# Data classes, as selected with --classes
+# Data classes, as selected with --classes: the row types each moves.  `artifacts` names no
+# row type: it selects the entries of format extensions (artifact and model versions, in the
+# projects a connector's spec declares), which move whole (model.Selection).
+ARTIFACTS_CLASS = "artifacts"
 CLASSES: dict[str, frozenset[str]] = {
     "params": PARAM_TYPES,
     "metrics": METRIC_TYPES,
     "series": SERIES_TYPES,
     "files": FILE_TYPES,
+    ARTIFACTS_CLASS: frozenset(),
 }
+ALL_TYPES = frozenset(t for types in CLASSES.values() for t in types)
 CLASS_OF_TYPE = {t: c for c, types in CLASSES.items() for t in types}
 
 

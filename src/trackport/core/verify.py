@@ -282,8 +282,9 @@ def verify(source: Source, sink: Sink, select: Selection, report: CommandReport,
                 return
             dref = sink.dest_ref(dest, origin)
             # The source as the destination holds it: its declared, one-way transformations applied.
-            expected_tables = (sink.expected_view(_table(t)) for t in source.read_run(ref, select))
-            actual_tables = dest_source.read_run(dref, select)
+            run_select = select.of_project(ref.project_id)
+            expected_tables = (sink.expected_view(_table(t)) for t in source.read_run(ref, run_select))
+            actual_tables = dest_source.read_run(dref, run_select)
             if taps is not None:
                 expected_tables, actual_tables = taps[0].watch(expected_tables), taps[1].watch(actual_tables)
             expected = summarize(expected_tables)

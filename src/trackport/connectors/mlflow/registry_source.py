@@ -16,7 +16,7 @@ import pyarrow as pa
 from trackport.core.connector import FileAccess
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
-from trackport.core.schema import rows_to_table
+from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
 
 from . import registry as rg
 from .client import ArtifactsUnreachable, errors
@@ -63,7 +63,7 @@ class RegistryReader:
         self._download_uris: dict[tuple[str, str], str] = {}
 
     def list_entries(self, select: Selection) -> Iterator[RunRef]:
-        if not self.tracking.has_registry():
+        if ARTIFACTS_CLASS not in select.classes or not self.tracking.has_registry():
             return
         client = self.tracking.client
         try:

@@ -36,6 +36,7 @@ from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, UsageError
 from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.schema import (
+    ARTIFACTS_CLASS,
     FILE_TYPE,
     SCHEMA,
     STEP_TYPE,
@@ -170,7 +171,8 @@ class WandbOfflineSource(Source):
         """Each run, then each artifact version it logged (docs/wandb.md, "Artifacts")."""
         listed: set[tuple[str, str]] = set()
         # reading whole logs for artifacts only when the selection may want one
-        wants_artifacts = not select.projects or any(art_map.is_artifact_project(p) for p in select.projects)
+        wants_artifacts = ARTIFACTS_CLASS in select.classes and (
+            not select.projects or any(art_map.is_artifact_project(p) for p in select.projects))
         for project, run_id, folders in self._grouped():
             if select.wants_run(project, run_id):
                 last = folders[-1]
