@@ -13,6 +13,7 @@ re-exported here for the modules that lay out an export.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -77,3 +78,35 @@ def part_path(root: Path, project_id: str, run_id: str, n: int) -> Path:
 
 def run_manifest_path(root: Path, project_id: str, run_id: str) -> Path:
     return project_data_dir(root, project_id) / f"{safe(run_id)}{RUN_MANIFEST_SUFFIX}"
+
+
+# -- exports on object storage (docs/object-storage.md) ---------------------------------------
+# An object store has no rename: a writer puts each part under a name of its own, in a folder
+# beside the run manifest, and only the run manifest, written last as one object, lists the
+# parts that make the run.  Parts it does not list (a killed or losing writer's) are never read.
+PARTS_SUFFIX = ".parts"
+# <writer token>_part_<n>.parquet; the token is <8 hex of the host>-<pid>-<8 random hex>
+WRITER_PART_RE = re.compile(r"^(?P<token>(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8})_part_(?P<n>\d+)\.parquet$")
+# One small object per source written into the export, beside trackport.json (whose `sources`
+# list two writers could not both extend without a lock): readers take the union.
+SOURCE_MARKERS = ".trackport/sources"
+
+
+def writer_part_name(stem: str, token: str, n: int) -> str:
+    """A part's name relative to its run's data folder, as the run manifest lists it."""
+    return f"{stem}{PARTS_SUFFIX}/{token}_part_{n}.parquet"
+
+
+def source_marker_name(uri: str) -> str:
+    return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest() + ".json"
+
+
+def relative_problem(relative: str) -> str | None:
+    """Why `relative` (a file path or a listed part) cannot name something below a folder of
+    an object store, where there are no symlinks to follow: absolute, empty, or `..`."""
+    if not isinstance(relative, str) or not relative or relative.startswith(("/", "\\")) \
+            or re.match(r"^[A-Za-z]:", relative):
+        return f"path {relative!r} is absolute or empty"
+    if ".." in relative.replace("\\", "/").split("/"):
+        return f"path {relative!r} escapes its folder"
+    return None

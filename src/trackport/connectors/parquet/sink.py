@@ -197,12 +197,16 @@ class ParquetRunWriter(RunWriter):
         table = batch.select(list(COLUMNS)) if batch.column_names != list(COLUMNS) else batch
         if table.num_rows == 0:
             return
-        if self.writer is None or self.parts[-1].stat().st_size > self.sink.part_bytes:
+        if self.writer is None or self._part_size() > self.sink.part_bytes:
             self._open_part()
         self.writer.write_table(table.cast(SCHEMA))
         self.rows += table.num_rows
         self._account(table)
         self._copy_files(table)
+
+    def _part_size(self) -> int:
+        """Bytes written into the current part so far."""
+        return self.parts[-1].stat().st_size
 
     def _account(self, table: pa.Table) -> None:
         stats = table.group_by(["attribute_path", "attribute_type"]).aggregate(

@@ -32,6 +32,18 @@ EXPORTER_ORIGIN = "parquet:neptune-exporter"
 _FIX_DAMAGED = "Fix: export the run again (or restore the part from a backup); the other runs are not affected"
 
 
+# Reads of a part on an object store go through a buffer of this size (ranged GETs), not the
+# file system's default block (s3fs: 50 MB per open file).
+OBJECT_READ_BLOCK = 4 << 20
+
+
+def open_parquet(part: Path, fs: Any = None, **kwargs: Any) -> pq.ParquetFile:
+    """A part, on disk (`fs` None) or in an object store (`fs`, an fsspec file system)."""
+    if fs is None:
+        return pq.ParquetFile(part, **kwargs)
+    return pq.ParquetFile(fs.open(str(part), "rb", block_size=OBJECT_READ_BLOCK), **kwargs)
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -87,7 +99,7 @@ def manifest_mismatch(files: RunFiles, checksum: bool) -> tuple[str, Path | None
     rows = 0
     for part in files.parts:
         try:
-            rows += pq.ParquetFile(part).metadata.num_rows
+            rows += open_parquet(part, files.fs).metadata.num_rows
         except Exception as exc:  # noqa: BLE001 - a damaged part names itself
             return f"cannot read the part ({_one_line(exc)}): the file is damaged. {_FIX_DAMAGED}", part
     want = manifest.get("rows")
@@ -96,18 +108,18 @@ def manifest_mismatch(files: RunFiles, checksum: bool) -> tuple[str, Path | None
                 f"damaged (a part was cut or replaced). {_FIX_DAMAGED}"), None
     recorded = manifest.get("checksum")
     if checksum and isinstance(recorded, str) and recorded.startswith("blake2b-128:"):
-        got = "blake2b-128:" + parts_checksum(files.parts)
+        got = "blake2b-128:" + parts_checksum(files.parts, files.fs)
         if got != recorded:
             return (f"the parts' checksum {got} differs from the run manifest's {recorded}: the run is "
                     f"damaged. {_FIX_DAMAGED}"), None
     return None
 
 
-def parts_checksum(parts: list[Path]) -> str:
+def parts_checksum(parts: list[Path], fs: Any = None) -> str:
     """blake2b-128 of the parts' bytes, part_0 first: what the run manifest's `checksum` records."""
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
-        with open(part, "rb") as fh:
+        with (open(part, "rb") if fs is None else fs.open(str(part), "rb", block_size=OBJECT_READ_BLOCK)) as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
@@ -128,6 +140,10 @@ class RunFiles:
     readable: bool = True
     # a Neptune model or model version of neptune-exporter's `export-models` (layout.ENTITY_SCOPES)
     container: str | None = None
+    # the fsspec file system holding the parts (an export on object storage), None on disk;
+    # `parts` are then its paths (PurePosixPath) and `sizes` their sizes from the listing
+    fs: Any = None
+    sizes: dict[str, int] | None = None
 
 
 class ExportRoot:
@@ -171,8 +187,9 @@ class ParquetSource(Source):
         "container_as_run": "a Neptune model or model version of neptune-exporter's export-models "
         "(data/<project>/models|model_versions/) moved as a run, its type in sys/container_type"})
 
-    def __init__(self, root: Path, options: dict[str, Any]):
-        self.export = ExportRoot(root)
+    def __init__(self, root: Path, options: dict[str, Any], export: Any = None):
+        # `export`: where the export lies when it is not a local folder (objects.ObjectExport)
+        self.export = export if export is not None else ExportRoot(root)
         self.batch_rows = BATCH_ROWS
         sources = (self.export.manifest or {}).get("sources") or []
         # Runs keep the identity of where they were first read from, so export+load
@@ -263,7 +280,7 @@ class ParquetSource(Source):
             return run.problem or "no part files"
         part = run.parts[0]
         try:
-            meta = pq.ParquetFile(part)
+            meta = open_parquet(part, run.fs)
             if meta.metadata.num_rows == 0:
                 return (f"{part.name} holds no rows, so nothing in it names its run. "
                         f"Fix: delete it if the run is really empty, or export the run again")
@@ -329,7 +346,7 @@ class ParquetSource(Source):
             try:
                 # Parts trackport writes carry page checksums (CRC32): a flipped bit fails here
                 # instead of moving a wrong number.  neptune-exporter's parts have none.
-                reader = pq.ParquetFile(part, page_checksum_verification=True, **STREAMING_READ)
+                reader = open_parquet(part, files.fs, page_checksum_verification=True, **STREAMING_READ)
                 for batch in reader.iter_batches(batch_size=self.batch_rows):
                     table = conform(batch)
                     _check_rows_belong(table, run.project_id, run.run_id)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ...core.connector import Inspection
 from ...core.model import Selection
 from . import layout
-from .source import STREAMING_READ, ParquetSource, manifest_mismatch
+from .source import STREAMING_READ, ParquetSource, manifest_mismatch, open_parquet
 
 BATCH_ROWS = 65_536
 _COLUMNS = ("attribute_path", "attribute_type", "step")
@@ -96,9 +96,10 @@ def _single_value(stats, rows: int) -> tuple[bool, Any]:
     return (True, low) if isinstance(low, str) and low == high else (False, None)
 
 
-def summarize_part(path: Path) -> PartSummary:
-    """Rows, attribute types and paths, and step range of one part file, streamed."""
-    parquet = pq.ParquetFile(path, read_dictionary=["attribute_path", "attribute_type"], **STREAMING_READ)
+def summarize_part(path: Path, fs: Any = None) -> PartSummary:
+    """Rows, attribute types and paths, and step range of one part file (on an object store
+    when `fs` is given), streamed."""
+    parquet = open_parquet(path, fs, read_dictionary=["attribute_path", "attribute_type"], **STREAMING_READ)
     meta = parquet.metadata
     leaves = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
     missing = [c for c in _COLUMNS if c not in leaves]
@@ -188,14 +189,18 @@ def inspect_export(source: ParquetSource, select: Selection) -> dict:
             continue
         for part in files.parts:
             p.part_files += 1
-            p.data_bytes += part.stat().st_size
+            p.data_bytes += part.stat().st_size if files.fs is None else files.sizes[str(part)]
             try:
-                p.add(summarize_part(part))
+                p.add(summarize_part(part, files.fs))
             except Exception as exc:  # noqa: BLE001 - a corrupt part is reported, the others summed
                 p.unreadable.append(f"{part}: {exc}")
         if files.manifest:
             p.files += files.manifest.get("files", 0)
             p.file_bytes += files.manifest.get("file_bytes", 0)
+        elif files.fs is not None:
+            if p.files == 0:
+                count, size = source.export.project_files(ref.project_id)
+                p.files, p.file_bytes = p.files + count, p.file_bytes + size
         else:
             root = source.export.project_files_dir(ref.project_id)
             if root.is_dir() and p.files == 0 and layout.escape_below(source.export.root, root) is None:
@@ -219,10 +224,12 @@ def inspect_export(source: ParquetSource, select: Selection) -> dict:
     }
 
 
-def inspection(root: Path, options: dict[str, Any], select: Selection) -> Inspection:
+def inspection(root: Path | None, options: dict[str, Any], select: Selection,
+               source: ParquetSource | None = None) -> Inspection:
     """What the parquet connector's `inspect` returns (ConnectorSpec.inspect): `options["check"]`
-    also compares each run's parts with its manifest's checksum."""
-    summary = inspect_export(ParquetSource(root, {"check": bool(options.get("check"))}), select)
+    also compares each run's parts with its manifest's checksum.  `source`: the reader of an
+    export that is not a local folder (objects.ObjectParquetSource), opened with those options."""
+    summary = inspect_export(source or ParquetSource(root, {"check": bool(options.get("check"))}), select)
     damaged = any(p["unreadable"] or p["damaged_runs"] for p in summary["projects"])
     return Inspection(summary, damaged, render_inspect)
 
