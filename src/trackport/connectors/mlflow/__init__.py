@@ -31,7 +31,8 @@ SPEC = ConnectorSpec(
     # client.py uses private MLflow API (_get_request_session, _tracking_client.store, the store
     # registry, FileStore internals); pyproject's `mlflow` extra pins the same range.
     sdk_versions={"mlflow": ">=3.17.2,<3.18"},
-    extension_projects=("mlflow-registry/",),      # registry.PROJECT_PREFIX: model versions
+    # registry.PROJECT_PREFIX: registered model versions; models.PROJECT_PREFIX: MLflow 3 logged models
+    extension_projects=("mlflow-registry/", "mlflow-models/"),
     capabilities={"mlflow": "trackport.connectors.mlflow.mapping:CAPABILITIES"},
     options=(
         ConnectorOption("--mlflow-experiment",

@@ -429,6 +429,9 @@ def _read_only_file_uri(root: Path) -> str:
     return f"{_READ_ONLY_FILE_SCHEME}:{root}"
 
 
+_GLOBAL_URI_LOCK = threading.Lock()   # MLflow's global tracking URI, set for one call
+
+
 class Tracking:
     """One MLflow tracking store (server, SQL database or file store)."""
 
@@ -778,6 +781,77 @@ class Tracking:
             token = page.token
             if not token:
                 return out
+
+    def logged_model_metrics(self, model) -> list[Any]:
+        """Every metric point of a logged model.  A file store's LoggedModel carries only the
+        latest point per key and dataset (FileStore._get_model_metrics_from_file keeps the max
+        of each group); its metric files hold every point, read here line by line.  Other stores
+        give every point."""
+        store = self.store
+        if not isinstance(store, FileStore):
+            return list(model.metrics or [])
+        from mlflow.utils.file_utils import read_file_lines
+
+        model_dir = store._get_model_dir(model.experiment_id, model.model_id)
+        if model_dir is None:
+            return list(model.metrics or [])
+        parent, names = store._get_resource_files(model_dir, FileStore.METRICS_FOLDER_NAME)
+        return [FileStore._get_model_metric_from_line(model.model_id, name, line)
+                for name in sorted(names) for line in read_file_lines(parent, name) if line.strip()]
+
+    def search_logged_models(self, experiment_ids: list[str], filter_string: str) -> list[Any]:
+        """Every active logged model of `experiment_ids` matching `filter_string`, paged."""
+        out: list[Any] = []
+        token = None
+        for i in range(0, len(experiment_ids), 100):
+            ids = experiment_ids[i:i + 100]
+            while True:
+                page = self._call("searching logged models", lambda: self.client.search_logged_models(
+                    experiment_ids=ids, filter_string=filter_string, max_results=SEARCH_PAGE,
+                    page_token=token))
+                out.extend(page)
+                token = page.token
+                if not token:
+                    break
+        return out
+
+    def log_model_metrics(self, experiment_id: str, run_id: str, metrics: list) -> None:
+        """A logged model's metric points (each `Metric` names its model), logged from `run_id`.
+        MLflow's API (log_batch) writes such a point to the run's own metrics as well; against a
+        SQL or file store only the model's table is written (the store's own helper for it), so
+        a run trackport completed is never changed.  A server gets log_batch (its SQL store keeps
+        a point identical to one the run holds once)."""
+        store = self.store
+        if hasattr(store, "_log_model_metrics"):            # SqlAlchemyStore
+            self._retried(f"logging model metrics from run {run_id}",
+                          lambda: store._log_model_metrics(run_id, metrics, experiment_id=experiment_id))
+        elif hasattr(store, "_log_model_metric"):           # FileStore
+            for metric in metrics:
+                store._log_model_metric(experiment_id=experiment_id, model_id=metric.model_id,
+                                        run_id=run_id, metric=metric)
+        else:
+            self._retried(f"logging model metrics from run {run_id}",
+                          lambda: store.log_batch(run_id=run_id, metrics=metrics, params=[], tags=[]))
+
+    def create_model_version_of_model(self, name: str, model_id: str, **kwargs):
+        """create_model_version with source `models:/<model_id>`.  MLflow's SQL and file registry
+        stores look the logged model up through a client of the *global* tracking URI
+        (model_registry/sqlalchemy_store.py, create_model_version: "relying on global URI"), so
+        for a local or database store that URI is this store's for the call (one at a time in
+        this process; the module's variable only, never MLFLOW_TRACKING_URI, so a database URI
+        does not reach the environment); a server resolves it itself."""
+        source = f"models:/{model_id}"
+        if self.is_server:
+            return self.client.create_model_version(name, source, model_id=model_id, **kwargs)
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        with _GLOBAL_URI_LOCK:
+            before = tracking_utils._tracking_uri
+            tracking_utils._tracking_uri = self.tracking_uri
+            try:
+                return self.client.create_model_version(name, source, model_id=model_id, **kwargs)
+            finally:
+                tracking_utils._tracking_uri = before
 
     # -- artifacts of a source's runs ------------------------------------------------
     # A run logged through a tracking server whose store is read directly has artifact URIs

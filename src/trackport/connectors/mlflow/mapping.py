@@ -7,7 +7,8 @@ keys.py (attribute path -> MLflow key), values.py (param texts, times, steps), t
 points.py (metric points as the store keeps them), manifest.py (trackport/attributes.json),
 batching.py (log_batch limits and the held batch), registry.py (registered model versions as
 canonical runs of project `mlflow-registry/<model>`; registry_source.py / registry_sink.py
-read and write them).  client.py, sink.py, source.py and bulk.py
+read and write them), models.py (MLflow 3 logged models as canonical runs of project
+`mlflow-models/<experiment>`; models_source.py / models_sink.py).  client.py, sink.py, source.py and bulk.py
 talk to MLflow.
 
 MLflow facts these modules encode (mlflow/utils/validation.py, MLflow 3.17):
@@ -74,6 +75,14 @@ TRANSFORMATIONS: dict[str, str] = {
     "registry_times_in_tag": "a registered model version's creation and last-update times and its "
     "user (sys/owner), which MLflow sets itself, are kept in its trackport.registry tag and read back "
     "from it",
+    "logged_model_new_id": "an MLflow 3 logged model gets a new model id (m-...) in the destination "
+    "(MLflow makes it); the source's id is kept in its trackport.origin.run_id tag and read back from "
+    "it, and a registered model version made from `models:/<source id>` points at the new id",
+    "logged_model_times_in_tag": "a logged model's creation and last-update times, which MLflow sets "
+    "itself at the copy, are kept in its trackport.logged_model tag and read back from it",
+    "logged_model_status_in_tag": "a logged model whose status MLflow cannot be given (UNSPECIFIED: "
+    "finalize_logged_model takes READY or FAILED) stays PENDING; the source's status is kept in its "
+    "trackport.logged_model tag and read back from it",
     "duplicate_point_in_manifest": "a point repeated exactly (same step, time and value) within a "
     "batch: MLflow's metric table holds it once, the manifest counts the copies (read back whole)",
 }

@@ -35,6 +35,8 @@ from .client import Metric, Param, RunTag, Tracking, errors
 from .keys import STATUSES, STATUS_PATH, KeyMap, is_run_attribute, sanitize_key
 from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
 from .mapping import CAPABILITIES
+from .models import is_models_project
+from .models_sink import Models, ModelWriter
 from .registry import is_registry_project
 from .registry_sink import RegistryWriter, Versions
 from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_points
@@ -95,6 +97,7 @@ class MlflowSink(Sink):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
         self.registry = Versions(self)   # registered model versions (project mlflow-registry/<model>)
+        self.models = Models(self)       # MLflow 3 logged models (project mlflow-models/<experiment>)
 
     # What a run writer asks of its sink (MlflowRunWriter calls nothing else of it): search,
     # search_all and remember (the runs of an origin), parent_run, wait_for_parent and committed
@@ -188,8 +191,8 @@ class MlflowSink(Sink):
         return super().claim_dir()
 
     def forget(self, origin: Origin) -> None:
-        if is_registry_project(origin.project_id):
-            return   # model versions are always asked of the store
+        if is_registry_project(origin.project_id) or is_models_project(origin.project_id):
+            return   # model versions and logged models are always asked of the store
         if not self.tracking.exists():
             return
         eid = self.tracking.experiment_id(self.experiment_name(origin.project_id), create=False)
@@ -207,6 +210,8 @@ class MlflowSink(Sink):
     def find_run(self, origin: Origin) -> DestRun | None:
         if is_registry_project(origin.project_id):
             return self.registry.find_run(origin)
+        if is_models_project(origin.project_id):
+            return self.models.find_run(origin)
         found = self.find_loaded_run(origin)
         if found is None or not found.complete:   # moving in this command: a model version waits
             self.registry.moving(origin)
@@ -245,6 +250,8 @@ class MlflowSink(Sink):
         origin = plan.origin
         if is_registry_project(origin.project_id):
             return RegistryWriter(self, self.registry, plan, resume)
+        if is_models_project(origin.project_id):
+            return ModelWriter(self, plan, resume)
         eid, known = self._lookup(origin, create_experiment=True)
         assert eid is not None
         if resume is None and known is None:
@@ -277,6 +284,8 @@ class MlflowSink(Sink):
         scan, report = plan.scan, plan.report
         if is_registry_project(plan.origin.project_id):
             return self.registry.describe_plan(plan)
+        if is_models_project(plan.origin.project_id):
+            return self.models.describe_plan(plan)
         try:
             keys, layout = _layout(scan)
         except ValueError as exc:

@@ -10,8 +10,9 @@ mlflow.parentRunId -> sys/forking/parent, params -> string attributes (named
 `mlflow/params/<key>` when the key would read back as a run field or a tag),
 metrics -> float_series (full history), tags with an empty value
 -> sys/tags, other tags -> string `mlflow/tags/<key>`, artifacts -> file
-attributes at their artifact path.  Registered model versions follow the runs, as runs of
-project `mlflow-registry/<model>` (registry_source.py).
+attributes at their artifact path.  MLflow 3 logged models follow the runs, as runs of
+project `mlflow-models/<experiment>` (models_source.py), then registered model versions, as
+runs of project `mlflow-registry/<model>` (registry_source.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from .keys import FOREIGN_TAG_PREFIX, STATUSES, STATUS_PATH, foreign_metric_path
 from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
 from .mapping import CAPABILITIES
 from .points import copies_per_point, restore_values, unscaled_from_dest
+from .models import is_models_project
+from .models_source import ModelLocator, ModelReader
 from .registry import is_registry_project
 from .registry_source import RegistryLocator, RegistryReader
 from .tags import (
@@ -95,11 +98,11 @@ class MlflowSource(Source):
         self._left_out: Counter = Counter()       # deleted runs not moved: kind -> count
         self._run_notes: dict[tuple[str, str], dict[str, Any]] = {}
         self._experiments: dict[str, Any] = {}
-        self._models: dict[str, dict[str, list]] = {}   # experiment id -> source run id -> models
-        self._model_by_id: dict[str, Any] = {}
+        self._model_by_id: dict[str, Any] = {}   # logged models read (models_source.py)
         local = tracking.local_store
         self._file_root = local if local is not None and local.is_dir() else None
         self.registry = RegistryReader(self)
+        self.models = ModelReader(self)
 
     # -- what the report says -------------------------------------------------------
 
@@ -154,50 +157,6 @@ class MlflowSource(Source):
     def _experiment_deleted(self, exp) -> bool:
         return exp.lifecycle_stage == "deleted" or self._in_trash(exp.experiment_id)
 
-    def models_of(self, run) -> list:
-        """MLflow 3 logged models this run logged (their files live outside the run's artifacts)."""
-        eid = run.info.experiment_id
-        with self._lock:
-            by_run = self._models.get(eid)
-        if by_run is None:
-            by_run = {}
-            try:
-                models = self.tracking.logged_models(eid)
-            except RunError as exc:
-                log.debug("no logged models listed for experiment %s: %s", eid, exc)
-                models = []
-            for model in models:
-                by_run.setdefault(model.source_run_id or "", []).append(model)
-            with self._lock:
-                self._models[eid] = by_run
-                for model in models:
-                    self._model_by_id[model.model_id] = model
-        return sorted(by_run.get(run.info.run_id, []), key=lambda m: m.model_id)
-
-    def model_local(self, model_id: str, rel: str) -> Path:
-        with self._lock:
-            model = self._model_by_id.get(model_id)
-        if model is None:   # files opened before the run was read in this process
-            try:
-                with errors(file=rel):
-                    model = self.tracking.client.get_logged_model(model_id)
-            except RunError:
-                raise FileNotFoundError(f"{sm.MODEL_PREFIX}{model_id}") from None
-            with self._lock:
-                self._model_by_id[model_id] = model
-        base = self.tracking.local_artifact_dir(model.artifact_location)
-        if base is not None:
-            local = base / rel
-            if not local.exists():
-                raise FileNotFoundError(rel)
-            return local
-        dst = self._tmpdir() / "models" / model_id
-        target = dst / rel
-        if target.exists():
-            return target
-        with errors(file=rel):
-            return self.tracking.download_run_artifact(model.artifact_location, rel, dst)
-
     # -- listing ---------------------------------------------------------------
 
     def _ids(self, run, experiment_name: str) -> tuple[str, str]:
@@ -213,7 +172,10 @@ class MlflowSource(Source):
         self._left_out.clear()
         experiments = sorted(self.tracking.experiments(deleted=True), key=lambda e: (e.name, e.experiment_id))
         listed = []
+        model_experiments = []
         for exp in experiments:
+            if self.include_deleted or not self._experiment_deleted(exp):
+                model_experiments.append(exp)
             if select.projects and exp.name not in select.projects:
                 continue
             with self._lock:
@@ -245,12 +207,18 @@ class MlflowSource(Source):
             if not (select.wants_run(project, run_id) or select.wants_run(exp.name, run_id)):
                 continue
             yield RunRef(project, run_id, Locator(run.info.run_id, exp.experiment_id, exp.name, deleted))
-        # Registered model versions, after every run (a destination links each to its run).
+        # MLflow 3 logged models, after every run (a destination links each to its run), then
+        # registered model versions (linked to their run, and to their logged model).
+        yield from self.models.list_entries(select, model_experiments)
         yield from self.registry.list_entries(select)
 
     def _is_registry(self, ref: RunRef) -> bool:
         return isinstance(ref.locator, RegistryLocator) or (
             is_registry_project(ref.project_id) and not isinstance(ref.locator, (Locator, str)))
+
+    def _is_model(self, ref: RunRef) -> bool:
+        return isinstance(ref.locator, ModelLocator) or (
+            is_models_project(ref.project_id) and ref.locator is None)
 
     def _resolve(self, ref: RunRef) -> str:
         mlflow_id = _mlflow_id(ref)
@@ -348,6 +316,8 @@ class MlflowSource(Source):
     def files(self, run: RunRef) -> FileAccess:
         if self._is_registry(run):
             return self.registry.files(run)
+        if self._is_model(run):
+            return self.models.files(run)
         mlflow_id = self._resolve(run)
         with errors(run.project_id, run.run_id):
             mlrun = self.tracking.client.get_run(mlflow_id)
@@ -362,7 +332,7 @@ class MlflowSource(Source):
         each metric's latest point (step, timestamp, value): a training logging new steps,
         ending or being tagged changes it; nothing of the metric history is read.  A registry
         entry (a model version) has none: once complete in the destination it is skipped."""
-        if self._is_registry(run):
+        if self._is_registry(run) or self._is_model(run):
             return None
         mlflow_id = self._resolve(run)
         with errors(run.project_id, run.run_id):   # not Tracking.get_run: no artifact repository
@@ -378,6 +348,9 @@ class MlflowSource(Source):
     def read_run(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
         if self._is_registry(run):
             yield from self.registry.read(run, select)
+            return
+        if self._is_model(run):
+            yield from self.models.read(run, select)
             return
         mlflow_id = self._resolve(run)
         with errors(run.project_id, run.run_id):
@@ -418,9 +391,6 @@ class MlflowFiles(FileAccess):
 
     def local_path(self, path: str) -> Path | None:
         path = self._unprefixed(path)
-        model = sm.model_file(path) if path not in self.mapping else None
-        if model is not None:
-            return self.source.model_local(*model)
         return self.source._artifact_local(self.run, self._artifact(path))
 
     def open(self, path: str) -> BinaryIO:
@@ -674,12 +644,10 @@ class _RunReader(RunScoped):
             yield from self._metric(path, key, 1, None)
         if "file" in self.types:
             yield from self._foreign_files(skip_artifacts)
-            if with_run_fields:
-                yield from self._model_files()
 
     def _mlflow_extras(self) -> list[tuple[str, str, str, Any]]:
         """What MLflow keeps beside a run's params, metrics and tags (docs/mlflow.md): deletion,
-        experiment tags, dataset inputs, MLflow 3 logged models; and the run folder's state."""
+        experiment tags, dataset inputs; and the run folder's state."""
         run = self.run
         out: list[tuple[str, str, str, Any]] = []
         exp = self.source._experiment(run.info.experiment_id)
@@ -692,8 +660,6 @@ class _RunReader(RunScoped):
         datasets = sm.dataset_inputs_json(getattr(inputs, "dataset_inputs", None) or [])
         if datasets is not None:
             out.append((sm.DATASETS_PATH, "string", "string_value", datasets))
-        for model in self.source.models_of(run):
-            out.append((sm.MODEL_PREFIX + model.model_id, "string", "string_value", sm.logged_model_json(model)))
         root = self.source._file_root
         if root is not None:
             missing = sm.missing_run_folders(root, run.info.experiment_id, run.info.run_id)
@@ -702,22 +668,6 @@ class _RunReader(RunScoped):
                     f"run folder has no {', '.join(m + '/' for m in missing)} (git keeps no empty folder): "
                     f"read as empty"))
         return out
-
-    def _model_files(self) -> Iterator[pa.Table]:
-        rows = []
-        for model in self.source.models_of(self.run):
-            try:
-                infos = list(self.tracking.walk_run_artifacts(model.artifact_location))
-            except ArtifactsUnreachable as exc:
-                self.source._note(self.project_id, self.run_id, drop=(
-                    "logged_model_files_unreachable", 1, unreachable_message(exc.artifact_uri)))
-                continue
-            for info in infos:
-                path = sm.model_file_path(model.model_id, info.path)
-                if self.wanted(path, "file"):
-                    rows.append({"attribute_path": path, "attribute_type": "file",
-                                 "file_value": {"path": self._file_name(path)}})
-        yield from self._rows_table(rows)
 
     def _foreign_files(self, skip: set[str]) -> Iterator[pa.Table]:
         dirs = tuple(a.rstrip("/") + "/" for a in skip)

@@ -5,10 +5,6 @@ functions, no MLflow import (the entities are read by attribute).
 - dataset inputs (`run.inputs.dataset_inputs`, MLflow >= 2.4) -> one string
   `mlflow/inputs/datasets`: a JSON list, per input, of the dataset's name, digest,
   source type, source, schema and profile, and the input's tags (e.g. `mlflow.data.context`);
-- MLflow 3 logged models whose source run is the run -> string `mlflow/models/<model_id>`
-  (JSON of name, type, status, step, creation time, params, tags) and their files (kept by
-  MLflow under the model's own artifact location, not the run's) as file attributes
-  `mlflow/models/<model_id>/files/<path>`;
 - a file store run folder missing `metrics/`, `params/`, `tags/` or `artifacts/` is read
   as having them empty (git keeps no empty folder).
 """
@@ -21,8 +17,6 @@ from typing import Any, Iterable
 
 EXPERIMENT_TAG_PREFIX = "mlflow/experiment/tags/"
 DATASETS_PATH = "mlflow/inputs/datasets"
-MODEL_PREFIX = "mlflow/models/"
-_MODEL_FILES = "/files/"
 RUN_FOLDERS = ("metrics", "params", "tags", "artifacts")
 
 
@@ -65,33 +59,6 @@ def dataset_inputs_from_json(text: Any) -> list[dict] | None:
         if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
             return None
     return inputs
-
-
-def logged_model_json(model: Any) -> str:
-    """One MLflow 3 LoggedModel's own fields (its files are separate file attributes)."""
-    return _dump({
-        "model_id": model.model_id, "name": model.name, "model_type": getattr(model, "model_type", None),
-        "status": str(getattr(model, "status", "") or ""), "source_run_id": model.source_run_id,
-        "creation_timestamp": getattr(model, "creation_timestamp", None),
-        "params": dict(getattr(model, "params", None) or {}),
-        "tags": dict(getattr(model, "tags", None) or {}),
-    })
-
-
-def model_file_path(model_id: str, artifact_path: str) -> str:
-    return f"{MODEL_PREFIX}{model_id}{_MODEL_FILES}{artifact_path}"
-
-
-def model_file(path: str) -> tuple[str, str] | None:
-    """(model id, path inside the model's artifacts) of a `model_file_path`, else None."""
-    if not path.startswith(MODEL_PREFIX):
-        return None
-    model_id, sep, rel = path[len(MODEL_PREFIX):].partition(_MODEL_FILES)
-    if not sep or not model_id or "/" in model_id or not rel:
-        return None
-    if rel.startswith("/") or ".." in rel.split("/"):
-        return None
-    return model_id, rel
 
 
 def missing_run_folders(root: Path, experiment_id: str, run_id: str) -> list[str]:
