@@ -113,6 +113,9 @@ class Versions:
         run = scan.value(rg.SOURCE_RUN_ID)
         link = (f"linked to the copy of run {scan.value(rg.SOURCE_RUN_PROJECT)}/{run}" if run
                 else "without a source run")
+        model = scan.value(rg.SOURCE_MODEL_ID)
+        if model:
+            link += f", made from the copy of logged model {scan.value(rg.SOURCE_MODEL_PROJECT)}/{model}"
         return [f"MLflow registered model {rg.model_of(plan.origin.project_id)!r}, version "
                 f"{plan.origin.run_id}, {link}"]
 
@@ -178,6 +181,24 @@ class RegistryWriter(RunScoped, RunWriter):
             run = self.tracking.get_run(found.id, self.origin.project_id, self.origin.run_id)
         return found.id, run.info.artifact_uri
 
+    def _linked_model(self) -> Any | None:
+        """The destination's copy of the logged model a `models:/<model id>` version was made
+        from (waiting while it moves in this command), or a RunError naming it and the fix."""
+        project, model = self._text(rg.SOURCE_MODEL_PROJECT), self._text(rg.SOURCE_MODEL_ID)
+        if not model:
+            return None
+        model_origin = Origin(self.origin.uri, project or "", model)
+        self.versions.wait_while(lambda moving: model_origin in moving)
+        found, _ = self.sink.models.find(model_origin)
+        if found is None or found.tags.get(TAG_COMPLETE) != "true":
+            state = "not in" if found is None else "incomplete in"
+            raise self._err(
+                f"its logged model {project}/{model} is {state} the destination, so the version "
+                f"cannot point at its copy. Fix: copy that logged model too (--classes with "
+                f"artifacts, its project {project!r} in --project), then run the command again: "
+                f"the version is made then")
+        return found
+
     def _location(self, run_artifacts: str | None) -> str:
         """Where the version's files go: inside its run's artifacts (trackport's folder) when it
         has a run, else in the store's artifact root."""
@@ -232,6 +253,7 @@ class RegistryWriter(RunScoped, RunWriter):
                                 f"trackport keeps its own tags in (trackport.*); such a version cannot "
                                 f"be moved into MLflow as is. Fix: rename the tag in the source")
         run_id, run_artifacts = self._linked_run()
+        logged_model = self._linked_model()
         # Versions are numbered by MLflow in creation order: lower versions moving now go first.
         if source_version.isdigit():
             n = int(source_version)
@@ -254,17 +276,25 @@ class RegistryWriter(RunScoped, RunWriter):
                         raise
                     model = client.get_registered_model(name)
         mv, _ = self.versions.find(self.origin)
-        location = self._location(run_artifacts)
-        if mv is None:
-            self._upload(location)
-            origin_tags = {TAG_ORIGIN_URI: self.origin.uri, TAG_ORIGIN_PROJECT: self.origin.project_id,
-                           TAG_ORIGIN_RUN: self.origin.run_id}
-            with errors(*pe):
-                mv = client.create_model_version(name, location, run_id=run_id, tags=origin_tags,
-                                                 description=self._text("sys/description"),
-                                                 run_link=self._text(rg.RUN_LINK))
-        else:   # partial: finish in place; files uploaded again (the same bytes at the same paths)
-            self._upload(location)
+        origin_tags = {TAG_ORIGIN_URI: self.origin.uri, TAG_ORIGIN_PROJECT: self.origin.project_id,
+                       TAG_ORIGIN_RUN: self.origin.run_id}
+        if logged_model is not None:
+            # Made from the destination's copy of its logged model: `models:/<its id>`; the
+            # version's files are that model's (uploaded with it), not uploaded again.
+            location = f"models:/{logged_model.model_id}"
+            if mv is None:
+                with errors(*pe):
+                    mv = self.tracking.create_model_version_of_model(
+                        name, logged_model.model_id, run_id=run_id, tags=origin_tags,
+                        description=self._text("sys/description"), run_link=self._text(rg.RUN_LINK))
+        else:
+            location = self._location(run_artifacts)
+            self._upload(location)   # a partial version: the same bytes at the same paths again
+            if mv is None:
+                with errors(*pe):
+                    mv = client.create_model_version(name, location, run_id=run_id, tags=origin_tags,
+                                                     description=self._text("sys/description"),
+                                                     run_link=self._text(rg.RUN_LINK))
         version = str(mv.version)
         if version != source_version:
             self.report.transformed("model_version_renumbered", 1,

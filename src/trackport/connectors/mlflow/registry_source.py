@@ -20,6 +20,7 @@ from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
 
 from . import registry as rg
 from .client import ArtifactsUnreachable, errors
+from .models import model_uri_id
 from .tags import TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TRACKPORT_TAG_PREFIX
 from .values import datetime_from_ms
 
@@ -171,6 +172,11 @@ class RegistryReader:
             add(rg.SOURCE, "string", "string_value", source)
         if mv.run_link:
             add(rg.RUN_LINK, "string", "string_value", mv.run_link)
+        model_id = model_uri_id(mv.source)   # the store's own source: a copy's points at its model copy
+        linked = self.source.models.ids_of(model_id) if model_id else None
+        if linked is not None:
+            add(rg.SOURCE_MODEL_PROJECT, "string", "string_value", linked[0])
+            add(rg.SOURCE_MODEL_ID, "string", "string_value", linked[1])
         if mv.run_id:
             project, run_id = self._source_run(mv.run_id)
             add(rg.SOURCE_RUN_PROJECT, "string", "string_value", project)
