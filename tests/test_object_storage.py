@@ -154,6 +154,33 @@ def test_a_damaged_part_is_refused_and_the_next_export_repairs_it(s3, source, co
     assert not fs.exists(part)                          # the replaced manifest's parts are gone
 
 
+def test_parts_no_manifest_lists_are_never_read_and_a_manifest_cannot_point_outside(s3, source, corpus):
+    fs, bucket = s3
+    dest = f"parquet:s3://{bucket}/exp"
+    assert run_cli("export", str(source), dest)[0] == 0
+    manifests = _manifests(fs, f"{bucket}/exp")
+    (name_a, a), (name_b, b) = [(n, m) for n, m in manifests.items()
+                                if m["run_id"] in (corpus[0].run_id, corpus[2].run_id)]
+    # a stray part in run a's folder (another run's rows, under a writer token of its own)
+    folder_a = name_a.rsplit("/", 1)[0]
+    stray = f"{folder_a}/{a['parts'][0].split('/')[0]}/0000abcd-1-0000abcd_part_0.parquet"
+    fs.copy(f"{name_b.rsplit('/', 1)[0]}/{b['parts'][0]}", stray)
+    code, checked, out = run_cli("verify", str(source), dest)
+    assert code == 0 and checked["totals"]["verified"] == len(corpus), out
+    code, summary, out = run_cli("inspect", dest, "--check")
+    assert code == 0 and summary["totals"]["rows"] == sum(r.table.num_rows for r in corpus), out
+    # a manifest listing a part outside its run's folder: that run fails alone, named
+    b["parts"] = ["../../../trackport.json"]
+    fs.pipe_file(name_b, json.dumps(b).encode())
+    code, checked, out = run_cli("verify", str(source), dest)
+    got = runs_by_id(checked)
+    assert code == 1 and got[corpus[2].run_id]["status"] == "failed", out
+    assert sum(r["status"] == "verified" for r in got.values()) == len(corpus) - 1, out
+    code, report, out = run_cli("export", str(source), dest)       # the next export repairs it
+    assert code == 0 and runs_by_id(report)[corpus[2].run_id]["status"] == "repaired", out
+    assert run_cli("verify", str(source), dest)[0] == 0
+
+
 def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": SRC_PATH + os.pathsep + str(TESTS) + os.pathsep
             + os.environ.get("PYTHONPATH", "")}
