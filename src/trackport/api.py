@@ -135,8 +135,11 @@ def _cancellable(run: Callable[[], Any], report) -> Any:
         raise
 
 
+EXECUTORS = ("local", "ray")
+
+
 def _move(command: _Command, source_uri: str, destination_uri: str, state_dir: Path | str | None,
-          raise_on_failure: bool) -> "CommandReport":
+          raise_on_failure: bool, executor: str = "local", ray_address: str | None = None) -> "CommandReport":
     from .core.connector import check_output_folder
     from .core.ledger import Ledger
     from .core.pipeline import Pipeline
@@ -144,6 +147,10 @@ def _move(command: _Command, source_uri: str, destination_uri: str, state_dir: P
     from .core.retry import forget_failures
 
     forget_failures()
+    if executor not in EXECUTORS:
+        from .core.errors import UsageError
+
+        raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     ledger = None
     if state_dir is not None:
         state_dir = Path(state_dir).expanduser()
@@ -154,7 +161,10 @@ def _move(command: _Command, source_uri: str, destination_uri: str, state_dir: P
         report = command.report(source, sink)
         if state_dir is not None:
             ledger = Ledger(state_dir / "ledger.sqlite")
-        pipeline = Pipeline(source, sink, command.pipeline_options(), report, command.progress_sink(), ledger)
+        options = command.pipeline_options()
+        options.executor, options.ray_address = executor, ray_address
+        options.uris = (source_uri, destination_uri)
+        pipeline = Pipeline(source, sink, options, report, command.progress_sink(), ledger)
         _cancellable(pipeline.run, report)
         _source_notes(source, report)
     finally:
@@ -170,19 +180,23 @@ def copy(source: str, destination: str | None = None, *, projects: Iterable[str]
          state_dir: Path | str | None = ".trackport", retry_max_attempts: int = 8,
          retry_max_seconds: float = 600.0, request_timeout: float | None = None,
          progress: ProgressArg = None, cancel: threading.Event | None = None,
-         raise_on_failure: bool = True, **options: Any) -> "CommandReport":
+         raise_on_failure: bool = True, executor: str = "local", ray_address: str | None = None,
+         **options: Any) -> "CommandReport":
     """Stream runs from `source` to `destination` (default: a local MLflow store in the cwd).
 
     `projects`, `run` (regex on run ids), `attribute` (regex on attribute paths), `classes`:
     what to move, as --project, --run, --attribute, --classes.  `state_dir`: where the local
     ledger lives (None: keep none).  `progress`: a callable receiving `ProgressEvent`s.
     `cancel`: a threading.Event; once set, the command stops and raises `Cancelled` (rerun to
-    resume).  `**options`: connectors' own options by name.  Returns the report; raises
-    `RunsFailedError` (with `.report`) when its exit code is 1, unless `raise_on_failure=False`.
+    resume).  `executor="ray"`: runs moved by Ray tasks on the cluster at `ray_address` (or
+    RAY_ADDRESS; none: a local Ray instance), docs/scale-out.md.  `**options`: connectors' own
+    options by name.  Returns the report; raises `RunsFailedError` (with `.report`) when its
+    exit code is 1, unless `raise_on_failure=False`.
     """
     command = _Command("copy", projects, run, attribute, classes, workers, step_multiplier, allow_drops,
                        retry_max_attempts, retry_max_seconds, request_timeout, progress, cancel, options)
-    return _move(command, source, destination or default_destination(), state_dir, raise_on_failure)
+    return _move(command, source, destination or default_destination(), state_dir, raise_on_failure,
+                 executor, ray_address)
 
 
 def export(source: str, directory: str | Path, **kwargs: Any) -> "CommandReport":
@@ -191,7 +205,7 @@ def export(source: str, directory: str | Path, **kwargs: Any) -> "CommandReport"
     destination = directory if directory.startswith("parquet:") else f"parquet:{directory}"
     command, rest = _split("export", kwargs)
     return _move(command, source, destination, rest.get("state_dir", ".trackport"),
-                 rest.get("raise_on_failure", True))
+                 rest.get("raise_on_failure", True), rest.get("executor", "local"), rest.get("ray_address"))
 
 
 def load(directory: str | Path, destination: str | None = None, **kwargs: Any) -> "CommandReport":
@@ -201,7 +215,7 @@ def load(directory: str | Path, destination: str | None = None, **kwargs: Any) -
     source = directory if directory.startswith("parquet:") else f"parquet:{directory}"
     command, rest = _split("load", kwargs)
     return _move(command, source, destination or default_destination(), rest.get("state_dir", ".trackport"),
-                 rest.get("raise_on_failure", True))
+                 rest.get("raise_on_failure", True), rest.get("executor", "local"), rest.get("ray_address"))
 
 
 @dataclass
@@ -442,7 +456,7 @@ def inspect(location: str | Path, *, projects: Iterable[str] = (), run: str | No
 
 _SHARED = ("projects", "run", "attribute", "classes", "workers", "step_multiplier", "allow_drops",
            "retry_max_attempts", "retry_max_seconds", "request_timeout", "progress", "cancel")
-_OWN = ("state_dir", "raise_on_failure")
+_OWN = ("state_dir", "raise_on_failure", "executor", "ray_address")
 
 
 def _split(name: str, kwargs: dict) -> tuple[_Command, dict]:

@@ -209,9 +209,19 @@ def _run(command: str, kw: dict, *args, **own) -> None:
 
     call = _prepare(kw)
     if command in ("copy", "export", "load"):
-        call.update(state_dir=kw["state_dir"], raise_on_failure=False)
+        call.update(state_dir=kw["state_dir"], raise_on_failure=False, executor=kw["executor"],
+                    ray_address=kw.get("ray_address"))
     call.update({k: v for k, v in own.items() if v is not None})
     _finish(getattr(api, command)(*args, **call), kw)
+
+
+def executor_options(fn):
+    """--executor and --ray-address, for the commands that move runs."""
+    fn = click.option("--ray-address", help="With --executor ray: the Ray cluster to use (default: RAY_ADDRESS, "
+                      "else a local Ray instance).")(fn)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="local: threads of this process; ray: Ray tasks across a cluster "
+                             "(pip install 'trackport[ray]'; docs/scale-out.md).")(fn)
 
 
 def with_uris(fn):
@@ -239,6 +249,7 @@ def cli():
 @click.argument("src")
 @click.argument("dst", required=False)
 @shared_options
+@executor_options
 @handles_errors
 @with_uris
 def copy(src, dst, **kw):
@@ -250,6 +261,7 @@ def copy(src, dst, **kw):
 @click.argument("src")
 @click.argument("directory")
 @shared_options
+@executor_options
 @handles_errors
 def export(src, directory, **kw):
     """Export runs from SRC into a parquet export at DIRECTORY."""
@@ -260,6 +272,7 @@ def export(src, directory, **kw):
 @click.argument("directory")
 @click.argument("dst", required=False)
 @shared_options
+@executor_options
 @handles_errors
 def load(directory, dst, **kw):
     """Load a parquet export at DIRECTORY into DST (default: local MLflow store)."""

@@ -200,6 +200,12 @@ class Source(ABC):
         again, resumed, so only what is new is added.  None: runs never change."""
         return None
 
+    def run_weight(self, run: RunRef) -> int | None:
+        """How much work moving `run` is, in any unit proportional to its rows and bytes, as
+        far as listing already knows it (no read): the Ray executor balances its tasks by it.
+        None: unknown, every run weighs the same."""
+        return None
+
     def account(self, run: RunRef, report: RunReport) -> None:
         """Add to the run's report what the last `read_run` of `run` transformed,
         left out or could not read (`transformed`, `dropped`, `warn`).  Called once

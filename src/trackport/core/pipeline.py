@@ -53,6 +53,11 @@ class PipelineOptions:
     # Set from another thread to stop: no new run starts, runs being written stop at their
     # next batch (left incomplete, resumable) and `run` raises Cancelled.
     cancel: threading.Event | None = None
+    # --executor ray (core/ray_executor.py): runs moved by Ray tasks, which open the source and
+    # the destination again from `uris` (the command's own, as the user gave them).
+    executor: str = "local"
+    ray_address: str | None = None
+    uris: tuple[str, str] | None = None
 
 
 # -- reading a run, once or twice ---------------------------------------------
@@ -268,8 +273,12 @@ class Pipeline:
             runs = self.list_runs()
             check_selection(self.opts.select, runs, self.report, self.source)
             self.progress.start(len(runs))
-            work = self.plan_run if plan_only else self.move_run
-            in_parallel(work, runs, self.opts.workers)
+            if not plan_only and self.opts.executor == "ray":
+                from .ray_executor import move_on_ray
+
+                move_on_ray(self, runs)
+            else:
+                in_parallel(self.plan_run if plan_only else self.move_run, runs, self.opts.workers)
             if self.sink is not None and not plan_only:
                 self.sink.close()
             self._attributes.check(self.opts.select, self.report)

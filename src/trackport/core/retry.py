@@ -16,7 +16,8 @@
   BASE_DELAY_S * 2**(attempt-1) capped at MAX_DELAY_S, both jittered.
 - Sharing: a *throttled* error (429/503, or any error carrying Retry-After) pauses every
   caller of the same endpoint key (e.g. "mlflow 127.0.0.1:5000") in this process until the
-  delay is over, so parallel workers back off together instead of hammering a limit.
+  delay is over, so parallel workers back off together instead of hammering a limit (and,
+  with `share_pauses`, every worker of a Ray cluster: core/ray_executor.py).
   Other transient errors (a dropped connection, a 500) delay only the caller that hit them.
 - Settings: process-wide defaults (`configure`, set by the CLI from --retry-max-attempts /
   --retry-max-seconds / --request-timeout) used by connectors; the pipeline passes its own
@@ -127,11 +128,29 @@ def forget_failures() -> None:
         gate.succeeded()
 
 
+class SharedPauses:
+    """Pauses shared beyond this process (the Ray executor's coordinator actor)."""
+
+    def pause(self, endpoint: str, seconds: float) -> None: ...
+    def remaining(self, endpoint: str) -> float: ...
+
+
+_shared: SharedPauses | None = None
+
+
+def share_pauses(shared: SharedPauses | None) -> None:
+    """Also pause (and wait for) `endpoint` wherever `shared` reaches (None: this process only)."""
+    global _shared
+    _shared = shared
+
+
 def pause_endpoint(endpoint: str, seconds: float) -> None:
     """Make every caller of `endpoint` wait `seconds` from now (extends, never shortens)."""
     gate = _gate(endpoint)
     with gate.lock:
         gate.pause_until = max(gate.pause_until, time.monotonic() + seconds)
+    if _shared is not None:
+        _shared.pause(endpoint, seconds)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -236,6 +255,8 @@ class Backoff:
         while True:
             with gate.lock:
                 pause = gate.pause_until - time.monotonic()
+            if _shared is not None:
+                pause = max(pause, _shared.remaining(endpoint))
             left = self.budget_s - (time.monotonic() - since)
             if pause <= 0 or left <= 0:
                 return
