@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from s3_server import FOREIGN_AWS, aws_env, start_s3
 from support import canonical_rows, read_plain_export, run_cli, runs_by_id
 from trackport.connectors.parquet import layout
 from trackport.testing.corpus import CorpusRun, build_corpus
 from trackport.testing.exporter_layout import write_exporter_export
 
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
 
 TESTS = Path(__file__).resolve().parent
 SRC_PATH = str(TESTS.parent / "src")
@@ -33,23 +32,18 @@ SRC_PATH = str(TESTS.parent / "src")
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    server, endpoint = start_s3()
+    yield endpoint
     server.stop()
 
 
 @pytest.fixture
 def s3(s3_endpoint, monkeypatch):
     """A new bucket on the moto server; the AWS settings every process reads."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE"):
+    for name in FOREIGN_AWS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    for name, value in aws_env(s3_endpoint).items():
+        monkeypatch.setenv(name, value)
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)

@@ -2,8 +2,8 @@
 
 The cluster (`ray.cluster_utils.Cluster`: a head and two worker nodes of one CPU each, every
 process on 127.0.0.1) is started once for the module.  The command runs as its own process,
-the Ray driver, connected with --ray-address, and copies a parquet export into a real MLflow
-server; the destination is then counted run by run and point by point, and `verify`d.
+the Ray driver, connected with --ray-address, and copies a parquet export (on disk, and on
+moto's S3 server on 127.0.0.1) into a real MLflow server; the destination is then counted run by run and point by point, and `verify`d.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import pytest
 
 from test_concurrency import _check_mlflow, _runs, _verify_clean
 from mlflow_server import _free_port
+from s3_server import FOREIGN_AWS, aws_env, start_s3
+from support import run_cli
 from trackport.core.model import RunRef
 from trackport.core.ray_executor import plan_batches
 from trackport.testing.exporter_layout import write_exporter_export
@@ -42,11 +44,23 @@ def _node_args() -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3_endpoint():
+    """moto's S3 server; started before the cluster, whose processes take the AWS settings
+    from the environment they start in (as a real cluster's nodes have their own)."""
+    server, endpoint = start_s3()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint):
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in RAY_ENV}
-    os.environ.update(RAY_ENV)
+    env = {**RAY_ENV, **aws_env(s3_endpoint)}
+    saved = {k: os.environ.get(k) for k in (*env, *FOREIGN_AWS)}
+    for name in FOREIGN_AWS:
+        os.environ.pop(name, None)
+    os.environ.update(env)
     cluster = None
     try:
         cluster = Cluster(initialize_head=True, head_node_args={**_node_args(), "gcs_server_port": _free_port(),
@@ -117,11 +131,18 @@ def test_a_ray_copy_into_a_server_is_exact(cluster, source, tmp_path, mlflow_ser
     assert code == 0 and report["totals"]["skipped"] == len(runs), err[-3000:]
 
 
-def test_a_node_removed_mid_copy_leaves_every_run_exactly_once(cluster, source, tmp_path, mlflow_server):
+def test_a_node_removed_mid_copy_from_s3_leaves_every_run_exactly_once(cluster, source, tmp_path, mlflow_server):
+    """issue 24's "done when": parquet:s3://... -> an MLflow server on 3 nodes, one removed."""
+    import s3fs
+
     ray_cluster, workers = cluster
     src, runs = source
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket := f"ray-{os.getpid()}-{time.monotonic_ns()}")
+    on_s3 = f"parquet:s3://{bucket}/export"
+    code, report, out = run_cli("export", str(src), on_s3)
+    assert code == 0 and report["totals"]["moved"] == len(runs), out
     exp = f"ray-node-{tmp_path.name}"
-    proc = _start(tmp_path, "copy", str(src), f"mlflow+{mlflow_server}", "--mlflow-experiment", exp,
+    proc = _start(tmp_path, "copy", on_s3, f"mlflow+{mlflow_server}", "--mlflow-experiment", exp,
                   "--executor", "ray", "--ray-address", ray_cluster.address, "--workers", "2")
     deadline = time.monotonic() + 300
     while _experiment_runs(mlflow_server, exp) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -132,7 +153,7 @@ def test_a_node_removed_mid_copy_leaves_every_run_exactly_once(cluster, source, 
     assert code == 0, err[-3000:]
     assert report["totals"].get("failed", 0) == 0 and report["totals"]["runs"] == len(runs), report["totals"]
     _check_mlflow(mlflow_server, exp, runs)
-    _verify_clean(src, f"mlflow+{mlflow_server}", "--mlflow-experiment", exp)
+    _verify_clean(on_s3, f"mlflow+{mlflow_server}", "--mlflow-experiment", exp)
 
 
 def test_batches_balance_by_weight():

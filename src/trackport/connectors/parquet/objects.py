@@ -146,10 +146,12 @@ def open_store(url: str, shown: str) -> ObjectStore:
         raise MissingExtraError(f"{shown!r}: {protocol}:// needs a package that is not installed "
                                 f"({_one_line(exc)}); fix: {fix}") from None
     try:
-        # Listings are never cached: another writer may add a run between two looks.
-        fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)
+        # Listings are never cached: another writer may add a run between two looks.  Nor is
+        # the file system: fsspec keeps one per set of arguments, which would keep the endpoint
+        # and credentials of an earlier command of this process (the environment is read now).
+        fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False, skip_instance_cache=True)
     except TypeError:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True)
     except (ValueError, OSError) as exc:
         raise UsageError(f"{shown!r}: cannot open it ({_one_line(exc)})") from None
     if not str(path).strip("/"):
