@@ -63,10 +63,21 @@ def cluster(s3_endpoint):
     os.environ.update(env)
     cluster = None
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={**_node_args(), "gcs_server_port": _free_port(),
-                                                                 "include_dashboard": False})
-        workers = [cluster.add_node(**_node_args()) for _ in range(2)]
-        cluster.wait_for_nodes()
+        for attempt in range(3):
+            # Ray gives a node 30 s to register (ray/_private/node.py, hard-coded); a machine
+            # busy with the other CI leg can miss that: start the cluster again.
+            try:
+                cluster = Cluster(initialize_head=True, head_node_args={
+                    **_node_args(), "gcs_server_port": _free_port(), "include_dashboard": False})
+                workers = [cluster.add_node(**_node_args()) for _ in range(2)]
+                cluster.wait_for_nodes()
+                break
+            except Exception:
+                if cluster is not None:
+                    cluster.shutdown()
+                    cluster = None
+                if attempt == 2:
+                    raise
         yield cluster, workers
     finally:
         if cluster is not None:
