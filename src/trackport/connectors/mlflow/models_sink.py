@@ -12,22 +12,14 @@ destination fails the entry, naming the run and the fix.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from trackport.core.connector import RunPlan, RunWriter
-from trackport.core.errors import RunError, RunScoped
-from trackport.core.files import materialise
+from trackport.core.connector import RunPlan
 from trackport.core.model import DestRun, Origin
-from trackport.core.schema import FILE_TYPES, VALUE_COLUMN
 
 from . import models as lm
 from .client import errors
+from .entries import EntryWriter, ms_or_none
 from .models_source import ModelLocator
 from .tags import TAG_COMPLETE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_ORIGIN_URI, TRACKPORT_TAG_PREFIX
 
@@ -86,93 +78,20 @@ class Models:
                 f"{lm.experiment_of(plan.origin.project_id)!r}, {link}"]
 
 
-class ModelWriter(RunScoped, RunWriter):
+class ModelWriter(EntryWriter):
     """Collects a logged model's values and files, then makes the model at commit."""
 
+    FILES = lm.FILES
+    WHAT = "a logged model"
+    HOLDS = f"single values and files only (its metrics are the JSON string {lm.METRICS})"
+    RUN_FIX = ("copy that run too (its project in --project, and a --classes that moves runs), then run "
+               "the command again: the model is made then")
+
     def __init__(self, sink, plan: RunPlan, resume: DestRun | None):
-        self.sink = sink
+        super().__init__(sink, plan, resume)
         self.models: Models = sink.models
-        self.moving = sink.registry
-        self.tracking = sink.tracking
-        self.plan = plan
-        self.origin = plan.origin
-        self.report = plan.report
-        self.err_run = plan.origin
-        self.values: dict[str, Any] = {}
-        self.files: list[tuple[str, str]] = []   # (attribute path, file_value.path)
-        self.resume = resume
-        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-model-"))
-
-    def write(self, batch: pa.Table) -> None:
-        paths = batch.column("attribute_path").to_pylist()
-        types = batch.column("attribute_type").to_pylist()
-        columns: dict[str, list] = {}
-        for i, (path, attribute_type) in enumerate(zip(paths, types)):
-            if attribute_type in FILE_TYPES:
-                cell = batch.column("file_value")[i].as_py()
-                if attribute_type != "file" or not path.startswith(lm.FILES) or not cell:
-                    raise self._err(f"{attribute_type} {path!r}: a logged model's files are "
-                                    f"`file` attributes under files/")
-                self.files.append((path, cell["path"]))
-                continue
-            column = VALUE_COLUMN.get(attribute_type)
-            if column is None or batch.column("step")[i].is_valid:
-                raise self._err(f"{attribute_type} {path!r}: a logged model holds single values and "
-                                f"files only (its metrics are the JSON string {lm.METRICS})")
-            if column not in columns:
-                columns[column] = batch.column(column).to_pylist()
-            self.values[path] = columns[column][i]
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _text(self, path: str) -> str | None:
-        value = self.values.get(path)
-        return None if value is None else str(value)
-
-    def _dest_run(self, project: str | None, run_id: str, what: str):
-        """The destination's complete copy of a source run (waiting while it moves in this
-        command), or a RunError naming the run and the fix."""
-        run_origin = Origin(self.origin.uri, project or "", run_id)
-        self.moving.wait_while(lambda moving: run_origin in moving)
-        self.sink.forget(run_origin)
-        found = self.sink.find_loaded_run(run_origin)
-        if found is None or not found.complete:
-            state = "not in" if found is None else "incomplete in"
-            raise self._err(
-                f"{what} {project}/{run_id} is {state} the destination, so the logged model cannot "
-                f"link to its copy. Fix: copy that run too (its project {project!r} in --project, "
-                f"and a --classes that moves runs), then run the command again: the model is made then")
-        with errors(self.origin.project_id, self.origin.run_id):
-            return self.tracking.get_run(found.id, self.origin.project_id, self.origin.run_id)
-
-    def _stage(self) -> Path | None:
-        """The model's files under one folder, by relative path: links to the source's files
-        (copies where a link cannot be made), so nothing is read into memory."""
-        if not self.files:
-            return None
-        staged = self._tmp / "files"
-        for path, source in self.files:
-            rel = path[len(lm.FILES):]
-            if not rel or rel.startswith("/") or ".." in rel.split("/"):
-                raise self._err(f"file {path!r} is not inside the logged model's files", file=source)
-            local = materialise(self.plan.files, source, self._tmp / "scratch", self._err)
-            target = staged / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.symlink(local.resolve(), target)
-            except OSError:
-                shutil.copyfile(local, target)
-            self.report.files += 1
-            self.report.bytes += local.stat().st_size
-        return staged
 
     # -- commit ------------------------------------------------------------------------
-
-    def commit(self) -> DestRun:
-        try:
-            return self._commit()
-        finally:
-            self._cleanup()
 
     def _commit(self) -> DestRun:
         from mlflow.entities import Metric
@@ -195,7 +114,8 @@ class ModelWriter(RunScoped, RunWriter):
         except ValueError as exc:
             raise self._err(str(exc)) from None
         run_id = self._text(lm.SOURCE_RUN_ID)
-        run = self._dest_run(self._text(lm.SOURCE_RUN_PROJECT), run_id, "its source run") if run_id else None
+        run = self._dest_run(self._text(lm.SOURCE_RUN_PROJECT), run_id, "its source run",
+                             self.RUN_FIX) if run_id else None
         if run is not None:
             experiment_id = run.info.experiment_id
         else:
@@ -213,8 +133,8 @@ class ModelWriter(RunScoped, RunWriter):
             if not key[1]:
                 raise self._err(f"{lm.METRICS}: metric {p['key']!r} names no run; MLflow logs a "
                                 f"model's metric from a run")
-            dest_runs[key] = self._dest_run(key[0], key[1], f"the run metric {p['key']!r} was logged from"
-                                            ).info.run_id
+            dest_runs[key] = self._dest_run(key[0], key[1], f"the run metric {p['key']!r} was logged from",
+                                            self.RUN_FIX).info.run_id
 
         existing, others = self.models.find(self.origin)
         if existing is not None and existing.tags.get(TAG_COMPLETE) == "true":
@@ -231,11 +151,11 @@ class ModelWriter(RunScoped, RunWriter):
                 if p.startswith(lm.TAG_PREFIX) and v is not None}
         params = {p[len(lm.PARAM_PREFIX):]: str(v) for p, v in self.values.items()
                   if p.startswith(lm.PARAM_PREFIX) and v is not None}
-        created, updated = _ms(self.values.get("sys/creation_time")), _ms(self.values.get("sys/modification_time"))
+        created, updated = ms_or_none(self.values.get("sys/creation_time")), ms_or_none(self.values.get("sys/modification_time"))
         tags.update({TAG_ORIGIN_URI: self.origin.uri, TAG_ORIGIN_PROJECT: self.origin.project_id,
                      TAG_ORIGIN_RUN: self.origin.run_id,
                      lm.TAG_MODEL: lm.model_tag(created, updated, status, self.origin.run_id)})
-        staged = self._stage()
+        staged = self._stage(link=True)
         with errors(*pe):
             model = client.create_logged_model(experiment_id, name=name,
                                                source_run_id=run.info.run_id if run is not None else None,
@@ -264,21 +184,3 @@ class ModelWriter(RunScoped, RunWriter):
             client.set_logged_model_tags(model.model_id, {TAG_COMPLETE: "true"})   # the mark, last
         self.moving.settled(self.origin)
         return DestRun(model.model_id, True, None, ModelLocator(model.model_id))
-
-    def abort(self) -> None:
-        self.moving.settled(self.origin)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def _ms(value: Any) -> int | None:
-    from .values import ms_from_datetime
-
-    if value is None:
-        return None
-    try:
-        return ms_from_datetime(value)
-    except TypeError:
-        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -20,6 +20,7 @@ from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
 
 from . import models as lm
 from .client import ArtifactsUnreachable, errors
+from .entries import EntryFiles
 from .tags import TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TRACKPORT_TAG_PREFIX
 from .values import datetime_from_ms
 
@@ -167,40 +168,22 @@ class ModelReader:
         return ModelFiles(self, self.locate(ref), ref)
 
 
-class ModelFiles(FileAccess):
-    """The files of one logged model (under its artifact location), read in place when local,
-    else downloaded one by one into the source's scratch folder (never held in memory)."""
+class ModelFiles(EntryFiles):
+    """The files of one logged model (under its artifact location)."""
+
+    WHAT = "the logged model's files"
 
     def __init__(self, reader: ModelReader, loc: ModelLocator, ref: RunRef):
+        super().__init__(reader.source, ref)
         self.reader = reader
         self.loc = loc
-        self.ref = ref
 
-    def local_path(self, path: str) -> Path | None:
-        rel = lm.file_rel(self.ref.run_id, path)
-        if not rel or rel.startswith("/") or ".." in rel.split("/"):
-            raise ValueError(f"file path {path!r} is not inside the logged model's files")
-        source = self.reader.source
-        model = source._model_by_id.get(self.loc.model_id) or self.reader.get(self.loc.model_id, self.ref)
-        tracking = self.reader.tracking
-        try:
-            base = tracking.local_artifact_dir(model.artifact_location)
-        except ArtifactsUnreachable as exc:
-            from .source import unreachable_message
+    def _rel(self, path: str) -> str:
+        return lm.file_rel(self.ref.run_id, path)
 
-            raise RunError(unreachable_message(exc.artifact_uri), project_id=self.ref.project_id,
-                           run_id=self.ref.run_id, file=rel) from None
-        if base is not None:
-            local = base / rel
-            if not local.exists():
-                raise FileNotFoundError(rel)
-            return local
-        dst = source._tmpdir() / "models" / self.loc.model_id
-        target = dst / rel
-        if target.exists():
-            return target
-        with errors(self.ref.project_id, self.ref.run_id, file=rel):
-            return tracking.download_run_artifact(model.artifact_location, rel, dst)
+    def _location(self) -> str:
+        model = self.source._model_by_id.get(self.loc.model_id) or self.reader.get(self.loc.model_id, self.ref)
+        return model.artifact_location
 
-    def open(self, path: str) -> BinaryIO:
-        return open(self.local_path(path), "rb")
+    def _scratch(self) -> Path:
+        return self.source._tmpdir() / "models" / self.loc.model_id

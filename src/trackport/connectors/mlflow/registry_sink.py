@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from trackport.core.connector import RunPlan, RunWriter
-from trackport.core.errors import RunError, RunScoped
-from trackport.core.files import materialise
+from trackport.core.connector import RunPlan
+from trackport.core.errors import RunError
 from trackport.core.model import DestRun, Origin
-from trackport.core.schema import FILE_TYPES, VALUE_COLUMN
 
 from . import registry as rg
 from .client import errors
+from .entries import EntryWriter, ms_or_none
 from .registry_source import PAGE, RegistryLocator, _paged
 from .tags import TAG_COMPLETE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_ORIGIN_URI, TRACKPORT_TAG_PREFIX
 
@@ -120,66 +115,26 @@ class Versions:
                 f"{plan.origin.run_id}, {link}"]
 
 
-class RegistryWriter(RunScoped, RunWriter):
+class RegistryWriter(EntryWriter):
     """Collects a registry entry's values and files, then makes the version at commit."""
 
+    FILES = rg.FILES
+    WHAT = "a model version"
+    HOLDS = "single values and files only (no series)"
+
     def __init__(self, sink, versions: Versions, plan: RunPlan, resume: DestRun | None):
-        self.sink = sink
+        super().__init__(sink, plan, resume)
         self.versions = versions
-        self.tracking = sink.tracking
-        self.plan = plan
-        self.origin = plan.origin
-        self.report = plan.report
-        self.err_run = plan.origin
-        self.values: dict[str, Any] = {}
-        self.files: list[tuple[str, str]] = []   # (attribute path, file_value.path)
-        self.resume = resume
-        self._tmp = Path(tempfile.mkdtemp(prefix="trackport-mlflow-registry-"))
-
-    def write(self, batch: pa.Table) -> None:
-        paths = batch.column("attribute_path").to_pylist()
-        types = batch.column("attribute_type").to_pylist()
-        columns: dict[str, list] = {}
-        for i, (path, attribute_type) in enumerate(zip(paths, types)):
-            if attribute_type in FILE_TYPES:
-                cell = batch.column("file_value")[i].as_py()
-                if attribute_type != "file" or not path.startswith(rg.FILES) or not cell:
-                    raise self._err(f"{attribute_type} {path!r}: a model version's files are "
-                                    f"`file` attributes under files/")
-                self.files.append((path, cell["path"]))
-                continue
-            column = VALUE_COLUMN.get(attribute_type)
-            if column is None or batch.column("step")[i].is_valid:
-                raise self._err(f"{attribute_type} {path!r}: a model version holds single values "
-                                f"and files only (no series)")
-            if column not in columns:
-                columns[column] = batch.column(column).to_pylist()
-            self.values[path] = columns[column][i]
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _text(self, path: str) -> str | None:
-        value = self.values.get(path)
-        return None if value is None else str(value)
 
     def _linked_run(self) -> tuple[str | None, str | None]:
         """(destination MLflow run id, its artifact URI) of the version's source run."""
         project, run_id = self._text(rg.SOURCE_RUN_PROJECT), self._text(rg.SOURCE_RUN_ID)
         if not run_id:
             return None, None
-        run_origin = Origin(self.origin.uri, project or "", run_id)
-        self.versions.wait_while(lambda moving: run_origin in moving)
-        self.sink.forget(run_origin)
-        found = self.sink.find_loaded_run(run_origin)
-        if found is None or not found.complete:
-            state = "not in" if found is None else "incomplete in"
-            raise self._err(
-                f"its source run {project}/{run_id} is {state} the destination, so the version "
-                f"cannot link to its copy. Fix: copy that run too (its project {project!r} in "
-                f"--project), then run the command again: the version is made then")
-        with errors(self.origin.project_id, self.origin.run_id):
-            run = self.tracking.get_run(found.id, self.origin.project_id, self.origin.run_id)
-        return found.id, run.info.artifact_uri
+        run = self._dest_run(project, run_id, "its source run",
+                             f"copy that run too (its project {project!r} in --project), then run "
+                             f"the command again: the version is made then")
+        return run.info.run_id, run.info.artifact_uri
 
     def _linked_model(self) -> Any | None:
         """The destination's copy of the logged model a `models:/<model id>` version was made
@@ -216,29 +171,13 @@ class RegistryWriter(RunScoped, RunWriter):
         return f"{root.rstrip('/')}/trackport-registry/{key}"
 
     def _upload(self, location: str) -> None:
-        if not self.files:
+        staged = self._stage(link=False)
+        if staged is None:
             return
-        staged = self._tmp / "files"
-        for path, source in self.files:
-            rel = path[len(rg.FILES):]
-            if not rel or rel.startswith("/") or ".." in rel.split("/"):
-                raise self._err(f"file {path!r} is not inside the version's files", file=source)
-            local = materialise(self.plan.files, source, self._tmp / "scratch", self._err)
-            target = staged / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, target)
-            self.report.files += 1
-            self.report.bytes += local.stat().st_size
         with errors(self.origin.project_id, self.origin.run_id):
             self.tracking.upload_to(location, staged)
 
     # -- commit ------------------------------------------------------------------------
-
-    def commit(self) -> DestRun:
-        try:
-            return self._commit()
-        finally:
-            self._cleanup()
 
     def _commit(self) -> DestRun:
         client = self.tracking.client
@@ -329,25 +268,7 @@ class RegistryWriter(RunScoped, RunWriter):
                     if (model.tags or {}).get(key) != str(value):
                         client.set_registered_model_tag(name, key, str(value))
             client.set_model_version_tag(name, version, rg.TAG_REGISTRY, rg.registry_tag(
-                source, _ms(created), _ms(updated), source_version, self._text("sys/owner")))
+                source, ms_or_none(created), ms_or_none(updated), source_version, self._text("sys/owner")))
             client.set_model_version_tag(name, version, TAG_COMPLETE, "true")   # the mark, last
         self.versions.settled(self.origin)
         return DestRun(f"{name}/{version}", True, None, RegistryLocator(name, version))
-
-    def abort(self) -> None:
-        self.versions.settled(self.origin)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def _ms(value: Any) -> int | None:
-    from .values import ms_from_datetime
-
-    if value is None:
-        return None
-    try:
-        return ms_from_datetime(value)
-    except TypeError:
-        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
@@ -20,6 +20,7 @@ from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
 
 from . import registry as rg
 from .client import ArtifactsUnreachable, errors
+from .entries import EntryFiles
 from .models import model_uri_id
 from .tags import TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TRACKPORT_TAG_PREFIX
 from .values import datetime_from_ms
@@ -206,32 +207,21 @@ class RegistryReader:
         return RegistryFiles(self, self.locate(ref), ref)
 
 
-class RegistryFiles(FileAccess):
+class RegistryFiles(EntryFiles):
     """The files of one model version (under its download URI)."""
 
+    WHAT = "the model version's files"
+
     def __init__(self, reader: RegistryReader, loc: RegistryLocator, ref: RunRef):
+        super().__init__(reader.source, ref)
         self.reader = reader
         self.loc = loc
-        self.ref = ref
 
-    def local_path(self, path: str) -> Path | None:
-        rel = rg.file_rel(self.ref.run_id, path)
-        if not rel or rel.startswith("/") or ".." in rel.split("/"):
-            raise ValueError(f"file path {path!r} is not inside the model version's files")
-        tracking = self.reader.tracking
-        uri = self.reader.download_uri(self.loc)
-        base = tracking.local_artifact_dir(uri)
-        if base is not None:
-            local = base / rel
-            if not local.exists():
-                raise FileNotFoundError(rel)
-            return local
-        dst = self.reader.source._tmpdir() / "registry" / self.loc.name.replace("/", "_") / self.loc.version
-        target = dst / rel
-        if target.exists():
-            return target
-        with errors(self.ref.project_id, self.ref.run_id, file=rel):
-            return tracking.download_run_artifact(uri, rel, dst)
+    def _rel(self, path: str) -> str:
+        return rg.file_rel(self.ref.run_id, path)
 
-    def open(self, path: str) -> BinaryIO:
-        return open(self.local_path(path), "rb")
+    def _location(self) -> str:
+        return self.reader.download_uri(self.loc)
+
+    def _scratch(self) -> Path:
+        return self.source._tmpdir() / "registry" / self.loc.name.replace("/", "_") / self.loc.version
