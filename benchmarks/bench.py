@@ -346,13 +346,14 @@ def startup_lines(result: dict) -> list[str]:
     return lines
 
 
-def write_markdown(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+def write_markdown(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the `begin` and `end` markers of `path` with `table`."""
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    path.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
 
 
 def main() -> None:

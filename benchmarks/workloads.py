@@ -62,26 +62,26 @@ def workloads(scale: str) -> list[Workload]:
     ]
 
 
-def write_workload(root: Path, workload: Workload, seed: int = 6) -> int:
-    """Write the workload's export under `root`; return its number of rows."""
+def write_workload(root: Path, workload: Workload, seed: int = 6, project: str = PROJECT) -> int:
+    """Write the workload's export under `root` (as `project`); return its number of rows."""
     rng = np.random.default_rng(seed)
-    files_root = root / "files" / safe(PROJECT)
-    data_root = root / "data" / safe(PROJECT)
+    files_root = root / "files" / safe(project)
+    data_root = root / "data" / safe(project)
     data_root.mkdir(parents=True, exist_ok=True)
     rows = 0
     for r in range(workload.runs):
         run_id = f"RUN-{r + 1}"
         writer = _PartWriter(data_root, run_id)
-        for table in _run_tables(rng, workload, run_id, files_root):
+        for table in _run_tables(rng, workload, run_id, files_root, project):
             writer.write(table)
             rows += table.num_rows
         writer.close()
     return rows
 
 
-def _run_tables(rng, workload: Workload, run_id: str, files_root: Path):
+def _run_tables(rng, workload: Workload, run_id: str, files_root: Path, project: str = PROJECT):
     created = BASE_MS + rng.integers(0, 10**9)
-    yield rows_table(PROJECT, run_id, [
+    yield rows_table(project, run_id, [
         {"path": "sys/name", "type": "string", "value": f"bench {run_id}"},
         {"path": "sys/creation_time", "type": "datetime", "value": int(created)},
         {"path": "config/lr", "type": "float", "value": 0.001},
@@ -95,31 +95,31 @@ def _run_tables(rng, workload: Workload, run_id: str, files_root: Path):
             steps = np.arange(start, start + n, dtype=np.int64)
             values = rng.standard_normal(n).cumsum() * 0.01 + 1.0
             stamps = created + steps * 37
-            yield series_table(PROJECT, run_id, path, "float_series", values,
+            yield series_table(project, run_id, path, "float_series", values,
                                steps_micro=steps * 1_000_000, timestamps_ms=stamps)
     if not workload.extras:
         return
     lines = max(1, workload.steps // 10)
-    yield series_table(PROJECT, run_id, "monitoring/stdout", "string_series",
+    yield series_table(project, run_id, "monitoring/stdout", "string_series",
                        [f"step {i}: loss ok, throughput {i * 3} samples/s" for i in range(lines)],
                        timestamps_ms=created + np.arange(lines, dtype=np.int64) * 370)
     hist_steps = max(1, workload.steps // 100)
     hists = [{"type": "COUNTING", "edges": [float(e) for e in np.linspace(-1, 1, 33)],
               "values": [float(v) for v in rng.integers(0, 100, 32)]} for _ in range(hist_steps)]
-    yield series_table(PROJECT, run_id, "train/weights", "histogram_series", hists,
+    yield series_table(project, run_id, "train/weights", "histogram_series", hists,
                        timestamps_ms=created + np.arange(hist_steps, dtype=np.int64) * 3700)
     file_rows = []
     for i in range(3):
-        rel = f"{PROJECT}/{run_id}/images/sample/{i}.png"
+        rel = f"{project}/{run_id}/images/sample/{i}.png"
         target = files_root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(png_bytes(i, size=32))
         file_rows.append({"path": "images/sample", "type": "file_series", "value": rel, "step": i})
-    rel = f"{PROJECT}/{run_id}/model/config.json"
+    rel = f"{project}/{run_id}/model/config.json"
     (files_root / rel).parent.mkdir(parents=True, exist_ok=True)
     (files_root / rel).write_text(json.dumps({"layers": 12, "hidden": 768}))
     file_rows.append({"path": "model/config", "type": "file", "value": rel})
-    yield rows_table(PROJECT, run_id, file_rows)
+    yield rows_table(project, run_id, file_rows)
 
 
 class _PartWriter:
