@@ -183,6 +183,8 @@ class _TaskSpec:
 
 def _move_batch(spec: _TaskSpec, batch: list[RunRef], coordinator) -> int:
     """In a Ray worker: move `batch` as local workers would, each run's report to the coordinator."""
+    import ray
+
     from . import retry
     from .pipeline import Pipeline, in_parallel
     from .progress import Progress
@@ -201,7 +203,9 @@ def _move_batch(spec: _TaskSpec, batch: list[RunRef], coordinator) -> int:
         try:
             def move(ref: RunRef) -> None:
                 run_report = pipeline.move_run(ref)
-                coordinator.finished.remote(pack_report(run_report), 1, source.describe_run(ref))
+                # Waited for: the driver takes reports once the task has ended, and calls from
+                # two callers to one actor keep no order between them.
+                ray.get(coordinator.finished.remote(pack_report(run_report), 1, source.describe_run(ref)))
 
             in_parallel(move, batch, spec.options.workers)
             sink.close()
