@@ -53,14 +53,16 @@ def shapes(scale: str) -> tuple[Workload, Workload]:
 
 
 def ray_worker_peak_mb() -> float:
-    """The largest peak RSS (VmHWM) of this machine's live Ray worker processes."""
+    """The largest peak RSS (VmHWM) of this machine's live Ray worker processes (the workers
+    that ran tasks stay alive, idle, until the cluster stops)."""
     peak = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"default_worker.py" not in cmdline:
+            # a Ray worker names itself after what it runs (setproctitle): ray::_move_batch,
+            # ray::IDLE, ray::_Coordinator
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
                 continue
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
