@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 
 import pyarrow as pa
 
@@ -18,7 +18,7 @@ from trackport.core.connector import FileAccess, RunPlan, RunWriter
 from trackport.core.errors import RunError, RunScoped
 from trackport.core.files import materialise
 from trackport.core.model import DestRun, Origin
-from trackport.core.schema import FILE_TYPES, VALUE_COLUMN
+from trackport.core.schema import FILE_TYPES, VALUE_COLUMN, rows_to_table
 
 from .client import ArtifactsUnreachable, errors
 
@@ -177,3 +177,46 @@ class EntryFiles(FileAccess):
 
     def open(self, path: str) -> BinaryIO:
         return open(self.local_path(path), "rb")
+
+
+class EntryRows:
+    """The rows of one entry as a reader makes them: `add` keeps a value the selection wants,
+    `add_files` lists the files under the entry's artifact location, `tables` yields them."""
+
+    def __init__(self, source, ref, select):
+        self.source = source       # the MlflowSource
+        self.ref = ref
+        self.select = select
+        self.types = select.types
+        self.rows: list[dict] = []
+
+    def add(self, path: str, attribute_type: str, column: str, value: Any) -> None:
+        pattern = self.select.attribute_pattern
+        if value is None or attribute_type not in self.types:
+            return
+        if pattern is not None and not path.startswith("sys/") and pattern.search(path) is None:
+            return
+        self.rows.append({"attribute_path": path, "attribute_type": attribute_type, column: value})
+
+    def add_files(self, location, prefix: str, file_name, unreachable: str) -> None:
+        """A `file` row per file under `location()` (asked only when files are wanted): attribute `prefix`<path>, its file_value
+        `file_name(run id, path)`; an unreachable location is the drop `unreachable`."""
+        if "file" not in self.types:
+            return
+        try:
+            infos = list(self.source.tracking.walk_run_artifacts(location()))
+        except ArtifactsUnreachable as exc:
+            from .source import unreachable_message
+
+            self.source._note(self.ref.project_id, self.ref.run_id,
+                              drop=(unreachable, 1, unreachable_message(exc.artifact_uri)))
+            infos = []
+        for info in infos:
+            self.add(prefix + info.path, "file", "file_value", {"path": file_name(self.ref.run_id, info.path)})
+
+    def tables(self) -> Iterator[pa.Table]:
+        for i in range(0, len(self.rows), 50_000):
+            table = rows_to_table(self.rows[i:i + 50_000], {"project_id": self.ref.project_id,
+                                                             "run_id": self.ref.run_id})
+            if table.num_rows:
+                yield self.select.filter(table)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 
 from trackport.core.connector import FileAccess
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
-from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
+from trackport.core.schema import ARTIFACTS_CLASS
 
 from . import models as lm
-from .client import ArtifactsUnreachable, errors
-from .entries import EntryFiles
+from .client import errors
+from .entries import EntryFiles, EntryRows
 from .tags import TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TRACKPORT_TAG_PREFIX
 from .values import datetime_from_ms
 
@@ -101,17 +101,8 @@ class ModelReader:
         tags = dict(model.tags or {})
         ours = TAG_ORIGIN_RUN in tags
         kept = lm.read_model_tag(tags.get(lm.TAG_MODEL)) if ours else {}
-        types = select.types
-        pattern = select.attribute_pattern
-        rows: list[dict] = []
-
-        def add(path: str, attribute_type: str, column: str, value: Any) -> None:
-            if value is None or attribute_type not in types:
-                return
-            if pattern is not None and not path.startswith("sys/") and pattern.search(path) is None:
-                return
-            rows.append({"attribute_path": path, "attribute_type": attribute_type, column: value})
-
+        entry = EntryRows(self.source, ref, select)
+        add = entry.add
         add("sys/name", "string", "string_value", model.name)
         add(lm.NAME, "string", "string_value", model.name)
         created = kept.get("creation_timestamp", model.creation_timestamp) if ours else model.creation_timestamp
@@ -148,21 +139,8 @@ class ModelReader:
                            "run_project": project, "run_id": run_id, "dataset_name": m.dataset_name,
                            "dataset_digest": m.dataset_digest})
         add(lm.METRICS, "string", "string_value", lm.metrics_json(points))
-        if "file" in types:
-            try:
-                infos = list(self.tracking.walk_run_artifacts(model.artifact_location))
-            except ArtifactsUnreachable as exc:
-                from .source import unreachable_message
-
-                self.source._note(ref.project_id, ref.run_id, drop=(
-                    "logged_model_files_unreachable", 1, unreachable_message(exc.artifact_uri)))
-                infos = []
-            for info in infos:
-                add(lm.FILES + info.path, "file", "file_value", {"path": lm.file_name(ref.run_id, info.path)})
-        for i in range(0, len(rows), 50_000):
-            table = rows_to_table(rows[i:i + 50_000], {"project_id": ref.project_id, "run_id": ref.run_id})
-            if table.num_rows:
-                yield select.filter(table)
+        entry.add_files(lambda: model.artifact_location, lm.FILES, lm.file_name, "logged_model_files_unreachable")
+        yield from entry.tables()
 
     def files(self, ref: RunRef) -> FileAccess:
         return ModelFiles(self, self.locate(ref), ref)

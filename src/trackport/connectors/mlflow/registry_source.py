@@ -9,18 +9,18 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 
 from trackport.core.connector import FileAccess
 from trackport.core.errors import RunError
 from trackport.core.model import RunRef, Selection
-from trackport.core.schema import ARTIFACTS_CLASS, rows_to_table
+from trackport.core.schema import ARTIFACTS_CLASS
 
 from . import registry as rg
-from .client import ArtifactsUnreachable, errors
-from .entries import EntryFiles
+from .client import errors
+from .entries import EntryFiles, EntryRows
 from .models import model_uri_id
 from .tags import TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TRACKPORT_TAG_PREFIX
 from .values import datetime_from_ms
@@ -134,17 +134,8 @@ class RegistryReader:
         tags = dict(mv.tags or {})
         ours = TAG_ORIGIN_RUN in tags
         kept = rg.read_registry_tag(tags.get(rg.TAG_REGISTRY)) if ours else {}
-        types = select.types
-        pattern = select.attribute_pattern
-        rows: list[dict] = []
-
-        def add(path: str, attribute_type: str, column: str, value: Any) -> None:
-            if value is None or attribute_type not in types:
-                return
-            if pattern is not None and not path.startswith("sys/") and pattern.search(path) is None:
-                return
-            rows.append({"attribute_path": path, "attribute_type": attribute_type, column: value})
-
+        entry = EntryRows(self.source, ref, select)
+        add = entry.add
         add("sys/name", "string", "string_value", mv.name)
         if mv.description:
             add("sys/description", "string", "string_value", mv.description)
@@ -186,22 +177,8 @@ class RegistryReader:
             add(rg.MODEL_DESCRIPTION, "string", "string_value", model.description)
         for key, value in sorted((model.tags or {}).items()):
             add(rg.MODEL_TAG_PREFIX + key, "string", "string_value", value)
-        if "file" in types:
-            uri = self.download_uri(loc)
-            try:
-                infos = list(self.tracking.walk_run_artifacts(uri))
-            except ArtifactsUnreachable as exc:
-                from .source import unreachable_message
-
-                self.source._note(ref.project_id, ref.run_id, drop=(
-                    "registry_files_unreachable", 1, unreachable_message(exc.artifact_uri)))
-                infos = []
-            for info in infos:
-                add(rg.FILES + info.path, "file", "file_value", {"path": rg.file_name(ref.run_id, info.path)})
-        for i in range(0, len(rows), 50_000):
-            table = rows_to_table(rows[i:i + 50_000], {"project_id": ref.project_id, "run_id": ref.run_id})
-            if table.num_rows:
-                yield select.filter(table)
+        entry.add_files(lambda: self.download_uri(loc), rg.FILES, rg.file_name, "registry_files_unreachable")
+        yield from entry.tables()
 
     def files(self, ref: RunRef) -> FileAccess:
         return RegistryFiles(self, self.locate(ref), ref)
