@@ -25,6 +25,7 @@ from trackport.core.capabilities import Capabilities
 from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, TransientError, UsageError
 from trackport.core.model import Origin, RunRef, Selection
+from trackport.core.schema import ARTIFACTS_CLASS
 
 from . import mapping as am
 from .. import mapping as mp
@@ -77,10 +78,18 @@ class ApiReader:
     def list_runs(self, project_id: str) -> list[am.ApiRun]:
         raise NotImplementedError
 
+    def list_models(self, project_id: str) -> list[am.ApiRun]:
+        """The project's model registry: its models, then their versions (2.x only; the 3.x
+        API has no model registry)."""
+        return []
+
     def find_run(self, project_id: str, run_id: str) -> am.ApiRun | None:
         for run in self.list_runs(project_id):
             if run.run_id == run_id:
                 return run
+        for entity in self.list_models(project_id):
+            if entity.run_id == run_id:
+                return entity
         return None
 
     def open_run(self, run: am.ApiRun, select: Selection) -> "RunSession":
@@ -105,7 +114,9 @@ class RunSession:
 
 
 class NeptuneApiSource(Source):
-    capabilities = Capabilities(transformations={mp.STEP_LESS: mp.SOURCE_TRANSFORMATIONS[mp.STEP_LESS]})
+    capabilities = Capabilities(transformations={
+        mp.STEP_LESS: mp.SOURCE_TRANSFORMATIONS[mp.STEP_LESS],
+        "container_as_run": mp.SOURCE_TRANSFORMATIONS["container_as_run"]})
 
     def __init__(self, target: am.ApiTarget, reader: ApiReader, options: dict[str, Any]):
         self.target = target
@@ -132,6 +143,13 @@ class NeptuneApiSource(Source):
             for run in runs:
                 if select.wants_run(project_id, run.run_id):
                     yield RunRef(project_id, run.run_id, run)
+            # The model registry (models, then model versions) is read with the `artifacts` class
+            # (selected by default), as the registry entries of other sources are; each entity is
+            # a run of its project, as neptune-exporter's `export-models` writes it.
+            if ARTIFACTS_CLASS in select.classes and select.wants_project(project_id):
+                for entity in self.reader.list_models(project_id):
+                    if select.wants_run(project_id, entity.run_id):
+                        yield RunRef(project_id, entity.run_id, entity)
 
     def origin(self, run: RunRef) -> Origin:
         """The run's project URI, whether it was listed from a project or a workspace URI,
@@ -151,6 +169,8 @@ class NeptuneApiSource(Source):
         base = f"{run.project_id}/{run.run_id}"
         if isinstance(loc, am.ApiRun) and loc.sys_id != run.run_id:
             return f"{base} ({loc.sys_id})"
+        if isinstance(loc, am.ApiRun) and loc.container:
+            return f"{base} ({loc.container.replace('_', ' ')})"
         return base
 
     # -- reading -------------------------------------------------------------------
@@ -172,6 +192,7 @@ class NeptuneApiSource(Source):
                            project_id=run.project_id, run_id=run.run_id) from exc
         try:
             wanted = session.classes()
+            has_type = any(path == am.CONTAINER_TYPE for path, _, _ in getattr(session, "attributes", ()))
             for cls in CLASS_ORDER:
                 if cls not in select.classes or not wanted.get(cls):
                     continue
@@ -188,6 +209,11 @@ class NeptuneApiSource(Source):
                     raise RunError(f"class {cls} failed, so the run is not exported: "
                                    f"{type(exc).__name__}: {exc}",
                                    project_id=run.project_id, run_id=run.run_id) from exc
+            if api_run.container and not has_type:
+                # a model or model version says what it is, as the parquet source's do
+                table = select.filter(am.container_type_table(run.project_id, run.run_id, api_run.container))
+                if table.num_rows:
+                    yield table
         finally:
             with self._lock:
                 self._step_less[(run.project_id, run.run_id)] = getattr(session, "step_less", 0)
@@ -198,6 +224,8 @@ class NeptuneApiSource(Source):
             n = self._step_less.get((run.project_id, run.run_id), 0)
         if n:
             report.transformed(mp.STEP_LESS, n)
+        if isinstance(run.locator, am.ApiRun) and run.locator.container:
+            report.transformed("container_as_run", 1, f"{run.locator.container} {run.run_id}")
 
     def files(self, run: RunRef) -> FileAccess:
         return DownloadedFiles(self._download_root())

@@ -43,6 +43,8 @@ from trackport.core.schema import (
 )
 from trackport.core.steps import decimal_steps
 
+from ..mapping import CONTAINER_TYPE
+
 GENERATIONS = {"neptune2": 2, "neptune3": 3}
 CLASSES_PARAMS = tuple(sorted(PARAM_TYPES))
 MAX_UNSCALED_STEP = 10**18 - 1
@@ -160,12 +162,46 @@ def choose_projects(target: ApiTarget, discovered: Iterable[str], include: Seque
 # -- runs and attributes --------------------------------------------------------------
 @dataclass(frozen=True)
 class ApiRun:
-    """A run as listed by the API; `run_id` is the canonical id."""
+    """A run as listed by the API; `run_id` is the canonical id.  `container` is None for a
+    run, MODEL or MODEL_VERSION for an entry of the 2.x model registry (moved as a run)."""
 
     project_id: str
     sys_id: str
     run_id: str
     custom_run_id: str | None = None
+    container: str | None = None
+
+
+# -- the 2.x model registry --------------------------------------------------------------
+# A Neptune model or model version is moved as a run of its own project, with the canonical
+# shape the parquet source gives the same entity read from neptune-exporter's `export-models`
+# (connectors/parquet/layout.py ENTITY_SCOPES, parquet/source.py): run id = its `sys/id`
+# (`PROJ-MOD`, `PROJ-MOD-1`), every attribute as the API holds it (a version's `sys/model_id`
+# names its model; a link to a run is whatever attribute the user set), and its type in the
+# string attribute CONTAINER_TYPE, added when the entity does not hold one itself.
+MODEL = "model"
+MODEL_VERSION = "model_version"
+# The folder `export-models` puts each kind in (data/<project>/<folder>/, files/<project>/<folder>/);
+# the downloaded files of an entity go under the same folder name here.
+ENTITY_SCOPE = {MODEL: "models", MODEL_VERSION: "model_versions"}
+
+
+def entities_from_table(project_id: str, container: str, sys_ids: Sequence[Any]) -> list[ApiRun]:
+    """Models or model versions from the `sys/id` column of a 2.x `fetch_models_table()` /
+    `fetch_model_versions_table()` frame; run id = the entity's `sys/id`, as export-models names it."""
+    if container not in ENTITY_SCOPE:
+        raise ValueError(f"not a registry container type: {container!r}")
+    out = []
+    for sys_id in sys_ids:
+        if sys_id is None or (isinstance(sys_id, float) and np.isnan(sys_id)) or not str(sys_id):
+            continue
+        out.append(ApiRun(project_id, str(sys_id), str(sys_id), None, container))
+    return out
+
+
+def container_type_table(project_id: str, run_id: str, container: str) -> pa.Table:
+    """The CONTAINER_TYPE row of a model or model version."""
+    return scalar_table(project_id, run_id, [(CONTAINER_TYPE, "string", container)])
 
 
 def run_identity(generation: int, sys_id: str, custom_run_id: str | None) -> str:
@@ -406,9 +442,13 @@ def safe_part(text: str) -> str:
     return cleaned
 
 
-def local_file_path(run_id: str, attribute_path: str, step: float | None = None, suffix: str = "") -> str:
-    """Relative path (under the source's download root) of one downloaded file."""
+def local_file_path(run_id: str, attribute_path: str, step: float | None = None, suffix: str = "",
+                    container: str | None = None) -> str:
+    """Relative path (under the source's download root) of one downloaded file; a model's or
+    model version's files go under `models/` / `model_versions/`, as export-models puts them."""
     parts = [safe_part(run_id)] + [safe_part(p) for p in attribute_path.split("/") if p]
+    if container is not None:
+        parts.insert(0, ENTITY_SCOPE[container])
     if step is not None:
         parts.append(f"step_{step:.6f}".rstrip("0").rstrip(".") + suffix)
     elif suffix:
@@ -417,7 +457,8 @@ def local_file_path(run_id: str, attribute_path: str, step: float | None = None,
 
 
 __all__ = [
-    "ApiRun", "ApiTarget", "GENERATIONS", "TYPES_3X", "TYPE_OF_CLASS_2X", "choose_projects", "class_of",
+    "ApiRun", "ApiTarget", "CONTAINER_TYPE", "ENTITY_SCOPE", "GENERATIONS", "MODEL", "MODEL_VERSION",
+    "container_type_table", "entities_from_table", "TYPES_3X", "TYPE_OF_CLASS_2X", "choose_projects", "class_of",
     "file_series_steps_2x", "file_table", "local_file_path", "metric_points_3x", "number_step_less",
     "step_less_count", "parse_target", "points_2x",
     "run_identity", "runs_from_table", "scalar_table", "series_points_3x", "series_table", "steps_from_float",

@@ -13,6 +13,12 @@ around (neptune 1.14 sources):
   endpoint returns only a count (internal/backends/hosted_neptune_backend.py
   `get_image_series_values`); the logged steps come from the series values
   endpoint neptune-query uses, and item i gets the i-th step.
+
+The model registry (models and model versions, moved as runs of their project as
+neptune-exporter's `export-models` writes them) is listed with
+`Project.fetch_models_table` and `Model.fetch_model_versions_table`, and each entity is
+opened with `init_model` / `init_model_version` (`read-only`): their handles have the
+attribute API of a run, so Api2Session reads them the same way.
 """
 
 from __future__ import annotations
@@ -113,12 +119,41 @@ class Api2Reader(ApiReader):
         customs = frame["sys/custom_run_id"].tolist() if "sys/custom_run_id" in frame.columns else None
         return am.runs_from_table(project_id, 2, frame["sys/id"].tolist(), customs)
 
+    def list_models(self, project_id: str) -> list[am.ApiRun]:
+        """The project's models (trashed ones with --neptune-archived), then each model's versions.
+
+        --neptune-nql selects runs only: a runs query would not fit models.  The client lists a
+        model's versions with `sys/trashed = false` always added (metadata_containers/model.py
+        `fetch_model_versions_table` calls `build_raw_query(query, trashed=False)`), so a trashed
+        version of a live model is not listed, whatever --neptune-archived says."""
+        import neptune
+
+        with errors(project_id):
+            with neptune.init_project(project=project_id, api_token=self._token, mode="read-only") as project:
+                frame = project.fetch_models_table(
+                    columns=["sys/id"], trashed=None if self.archived else False, progress_bar=False,
+                    ascending=True,
+                ).to_pandas()
+        ids = frame["sys/id"].tolist() if not frame.empty and "sys/id" in frame.columns else []
+        models = am.entities_from_table(project_id, am.MODEL, ids)
+        versions: list[am.ApiRun] = []
+        for model in models:
+            with errors(project_id, model.run_id):
+                with neptune.init_model(project=project_id, api_token=self._token, with_id=model.sys_id,
+                                        mode="read-only") as handle:
+                    frame = handle.fetch_model_versions_table(columns=["sys/id"], progress_bar=False,
+                                                              ascending=True).to_pandas()
+            ids = frame["sys/id"].tolist() if not frame.empty and "sys/id" in frame.columns else []
+            versions.extend(am.entities_from_table(project_id, am.MODEL_VERSION, ids))
+        return sorted(models, key=lambda m: m.run_id) + sorted(versions, key=lambda v: v.run_id)
+
     def open_run(self, run: am.ApiRun, select: Selection) -> "Api2Session":
         import neptune
 
+        init = {None: neptune.init_run, am.MODEL: neptune.init_model,
+                am.MODEL_VERSION: neptune.init_model_version}[run.container]
         with errors(run.project_id, run.run_id):
-            handle = neptune.init_run(project=run.project_id, api_token=self._token, with_id=run.sys_id,
-                                      mode="read-only")
+            handle = init(project=run.project_id, api_token=self._token, with_id=run.sys_id, mode="read-only")
         return Api2Session(self, run, select, handle)
 
 
@@ -145,7 +180,8 @@ def attribute_list(structure: dict, select: Selection) -> list[tuple[str, str, A
 
 
 class Api2Session(RunSession):
-    """One open 2.x run (`handle`: a `neptune.Run`, read-only against the service)."""
+    """One open 2.x run (`handle`: a `neptune.Run`, read-only against the service), or a model
+    or model version (`neptune.Model` / `neptune.ModelVersion`: the same attribute API)."""
 
     def __init__(self, reader: Api2Reader, run: am.ApiRun, select: Selection, handle: Any):
         self.reader = reader
@@ -211,17 +247,19 @@ class Api2Session(RunSession):
         for path, attribute_type, attribute in self._of("file", "file_set", "artifact"):
             if attribute_type == "file":
                 ext = attribute.fetch_extension()
-                relative = am.local_file_path(run.run_id, path, suffix=f".{ext}" if ext else "")
+                relative = am.local_file_path(run.run_id, path, suffix=f".{ext}" if ext else "",
+                                              container=run.container)
                 target = root / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 attribute.download(destination=str(target), progress_bar=False)
             elif attribute_type == "file_set":
-                relative = am.local_file_path(run.run_id, path, suffix=".zip")
+                relative = am.local_file_path(run.run_id, path, suffix=".zip", container=run.container)
                 target = root / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 attribute.download(destination=str(target), progress_bar=False)
             else:  # artifact: its file list (hashes, locations), as neptune-exporter keeps it
-                relative = am.local_file_path(run.run_id, path, suffix=".files_list.json")
+                relative = am.local_file_path(run.run_id, path, suffix=".files_list.json",
+                                              container=run.container)
                 target = root / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 listing = [item.to_dto() for item in attribute.fetch_files_list()]
@@ -255,7 +293,7 @@ class Api2Session(RunSession):
         stamps = {p[0]: p[1] for p in points or []}
         rows = []
         for index, step in enumerate(steps):
-            folder = root / am.local_file_path(run.run_id, path, step) / ""
+            folder = root / am.local_file_path(run.run_id, path, step, container=run.container) / ""
             folder.mkdir(parents=True, exist_ok=True)
             backend.download_file_series_by_index(attribute._container_id, attribute._container_type,
                                                   attribute._path, index, str(folder), False)
