@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -55,7 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-__all__ = ["FakeRun", "WandbServer", "wandb_server", "fixture_runs"]
+__all__ = ["FakeArtifact", "FakeRun", "WandbServer", "wandb_server", "fixture_runs"]
 
 _OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
 
@@ -94,6 +95,46 @@ class FakeRun:
         return max((row["_step"] for row in self.history), default=-1)
 
 
+@dataclass
+class FakeArtifact:
+    """One artifact version as the server holds it: its files' bytes, the run that logged
+    it, the runs that used it and the registry collections it is linked into."""
+
+    entity: str
+    project: str
+    name: str                                   # the collection (artifact sequence) name
+    type: str
+    files: dict[str, bytes]
+    producer: str                               # run id of the run that logged it
+    version_index: int = 0
+    aliases: list[str] = field(default_factory=lambda: ["latest"])
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)          # run ids of the runs that used it
+    links: list[tuple[str, list[str]]] = field(default_factory=list)  # ("ENTITY/PROJECT/COLLECTION", aliases)
+
+    def entry_digest(self, path: str) -> str:
+        return base64.b64encode(hashlib.md5(self.files[path]).digest()).decode()
+
+    @property
+    def digest(self) -> str:
+        """W&B's digest of the manifest (wandb/sdk/artifacts/artifact_manifests/artifact_manifest_v1.py)."""
+        hasher = hashlib.md5(b"wandb-artifact-manifest-v1\n")
+        for path in sorted(self.files):
+            hasher.update(f"{path}:{self.entry_digest(path)}\n".encode())
+        return hasher.hexdigest()
+
+    @property
+    def id(self) -> str:
+        return base64.b64encode(f"Artifact:{self.digest}".encode()).decode()
+
+    def manifest(self) -> dict[str, Any]:
+        return {"version": 1, "storagePolicy": "wandb-storage-policy-v1",
+                "storagePolicyConfig": {"storageLayout": "V2"},
+                "contents": {p: {"digest": self.entry_digest(p), "size": len(b)} for p, b in sorted(self.files.items())}}
+
+
 class WandbServer:
     """In-memory W&B: entity -> project -> runs, on 127.0.0.1 and a free port."""
 
@@ -106,6 +147,7 @@ class WandbServer:
         self.rate_limits: dict[str, int] = {op: 1 for op in rate_limit_once}
         self.retry_after = retry_after
         self.requests: list[tuple[str, str, int]] = []    # (method, operation or path, status)
+        self.artifacts: list[FakeArtifact] = []
         self.rejected_auth = 0
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -294,6 +336,95 @@ class WandbServer:
         return {"project": {"internalId": "1", "run": {
             "fileCount": len(run.files),
             "files": {"edges": edges, "pageInfo": {"endCursor": str(end), "hasNextPage": more}}}}}
+
+    # -- artifacts (wandb/sdk/artifacts/_generated/operations.py) --------------------------
+    def _artifact_by_id(self, artifact_id: str) -> FakeArtifact | None:
+        return next((a for a in self.artifacts if a.id == artifact_id), None)
+
+    def artifact_url(self, art: FakeArtifact, what: str) -> str:
+        return f"{self.url}/artifact/{quote(art.id, safe='')}/{quote(what)}"
+
+    @staticmethod
+    def _project_info(entity: str, project: str) -> dict:
+        return {"id": base64.b64encode(f"Project:{project}".encode()).decode(), "internalId": "1",
+                "name": project, "entity": {"name": entity}}
+
+    def _artifact_node(self, art: FakeArtifact) -> dict:
+        """ArtifactFragment: the version, its collection and its aliases (its own collection's
+        and those of the registry collections it is linked into)."""
+        own = {"__typename": "ArtifactSequence", "name": art.name,
+               "project": self._project_info(art.entity, art.project)}
+        aliases = [{"__typename": "ArtifactAlias", "id": f"{art.id}:{a}", "alias": a, "artifactCollection": own}
+                   for a in art.aliases]
+        return {"__typename": "Artifact", "id": art.id, "artifactSequence": own,
+                "versionIndex": art.version_index, "artifactType": {"name": art.type},
+                "description": art.description, "metadata": json.dumps(art.metadata),
+                "ttlDurationSeconds": -2, "ttlIsInherited": True,   # -2: no TTL (artifact.py, _ttl_duration_seconds_to_gql)
+                "tags": [{"__typename": "Tag", "id": f"tag:{t}", "name": t} for t in art.tags],
+                "historyStep": None, "state": "COMMITTED", "size": sum(len(b) for b in art.files.values()),
+                "digest": art.digest, "digestAlgorithm": "MANIFEST_MD5", "commitHash": art.digest[:12],
+                "fileCount": len(art.files), "createdAt": "2026-01-02T03:04:05", "updatedAt": "2026-01-02T03:04:05",
+                "aliases": aliases}
+
+    def _run_artifacts(self, v: dict, used: bool) -> dict:
+        run = self._run(v)
+        if run is None:
+            return {"project": {"run": None}}
+        mine = [a for a in self.artifacts if a.entity == v["entity"] and
+                (run.id in a.consumers if used else (a.project == v["project"] and a.producer == run.id))]
+        chunk, end, more = self._page(mine, v.get("cursor"), v.get("perPage"))
+        return {"project": {"run": {"artifacts": {
+            "totalCount": len(mine), "pageInfo": {"__typename": "PageInfo", "endCursor": str(end), "hasNextPage": more},
+            "edges": [{"node": self._artifact_node(a)} for a in chunk]}}}}
+
+    def _op_RunOutputArtifacts(self, v: dict) -> dict:
+        return self._run_artifacts(v, used=False)
+
+    def _op_RunInputArtifacts(self, v: dict) -> dict:
+        return self._run_artifacts(v, used=True)
+
+    def _op_FetchArtifactManifest(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["id"])
+        return {"artifact": None if art is None else {
+            "currentManifest": {"file": {"directUrl": self.artifact_url(art, "manifest")}}}}
+
+    def _op_GetArtifactMembershipFileUrls(self, v: dict) -> dict:
+        art = next((a for a in self.artifacts if (a.entity, a.project, a.name) == (v["entity"], v["project"],
+                                                                                 v["collection"])
+                    and v["alias"] in (*a.aliases, f"v{a.version_index}")), None)
+        if art is None:
+            return {"project": None}
+        chunk, end, more = self._page(sorted(art.files), v.get("cursor"), v.get("perPage"))
+        return {"project": {"artifactCollection": {"__typename": "ArtifactSequence", "artifactMembership": {
+            "files": {"pageInfo": {"__typename": "PageInfo", "endCursor": str(end), "hasNextPage": more},
+                      "edges": [{"node": {"__typename": "File", "name": name,
+                                          "directUrl": self.artifact_url(art, "files/" + name)}}
+                                for name in chunk]}}}}}
+
+    def _op_FetchLinkedArtifacts(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["artifactID"])
+        if art is None:
+            return {"artifact": None}
+        own = {"__typename": "ArtifactSequence", "name": art.name,
+               "project": self._project_info(art.entity, art.project)}
+        nodes = [{"versionIndex": art.version_index, "createdAt": "2026-01-02T03:04:05", "artifactCollection": own,
+                  "aliases": [{"__typename": "ArtifactAlias", "id": f"{art.id}:{a}", "alias": a} for a in art.aliases]}]
+        for n, (target, aliases) in enumerate(art.links):
+            entity, project, collection = target.split("/")
+            nodes.append({"versionIndex": n, "createdAt": "2026-01-02T03:04:05",
+                          "artifactCollection": {"__typename": "ArtifactPortfolio", "name": collection,
+                                                 "project": self._project_info(entity, project)},
+                          "aliases": [{"__typename": "ArtifactAlias", "id": f"{target}:{a}", "alias": a}
+                                      for a in aliases]})
+        return {"artifact": {"artifactMemberships": {"edges": [{"node": node} for node in nodes]}}}
+
+    def artifact_download(self, artifact_id: str, what: str) -> bytes | None:
+        art = self._artifact_by_id(artifact_id)
+        if art is None:
+            return None
+        if what == "manifest":
+            return json.dumps(art.manifest()).encode()
+        return art.files.get(what.removeprefix("files/")) if what.startswith("files/") else None
 
     # -- the SDK's write path ------------------------------------------------------------
     def upload_url(self, entity: str, project: str, run_id: str, name: str) -> str:
@@ -522,6 +653,11 @@ class WandbServer:
                     if run is not None and name in run.files:
                         server._record("GET", f"file:{name}", 200)
                         return self._send(200, run.files[name], "application/octet-stream")
+                if len(parts) >= 3 and parts[0] == "artifact":
+                    data = server.artifact_download(parts[1], "/".join(parts[2:]))
+                    if data is not None:
+                        server._record("GET", f"artifact:{'/'.join(parts[2:])}", 200)
+                        return self._send(200, data, "application/octet-stream")
                 if len(parts) == 4 and parts[0] == "history" and parts[3].endswith(".parquet"):
                     run = server._run({"entity": parts[1], "project": parts[2], "name": parts[3][:-8]})
                     if run is not None and run.parquet_until is not None:

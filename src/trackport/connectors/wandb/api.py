@@ -32,6 +32,9 @@ from typing import Any, Iterator
 
 from trackport.core.errors import RunError, TransientError, UsageError
 
+from . import artifacts as art_map
+from .mapping import json_text
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -44,6 +47,7 @@ GRAPHQL_TIMEOUT_S = 60.0
 
 _settings_lock = threading.Lock()
 _HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+_VERSION_ALIAS = re.compile(r"^v\d+$")   # W&B numbers a version in each collection itself
 _RETRY_AFTER = re.compile(r"retry[- ]after\D{0,5}(\d+(?:\.\d+)?)", re.I)
 
 
@@ -242,6 +246,54 @@ class WandbApi:
             raise RunError("downloaded file is missing", project_id=f"{run.entity}/{run.project}",
                            run_id=run.id, file=remote.name)
         return local
+
+
+    # -- artifacts (docs/wandb.md, "Artifacts") ---------------------------------------------
+    def logged_artifacts(self, run: Any) -> list[Any]:
+        """The artifact versions `run` logged (GraphQL RunOutputArtifacts, paged)."""
+        with errors(f"{run.entity}/{run.project}", run.id):
+            return list(run.logged_artifacts(per_page=LIST_PAGE))
+
+    def used_artifacts(self, run: Any) -> list[Any]:
+        """The artifact versions `run` used (`use_artifact`; GraphQL RunInputArtifacts, paged)."""
+        with errors(f"{run.entity}/{run.project}", run.id):
+            return list(run.used_artifacts(per_page=LIST_PAGE))
+
+    def used_refs(self, run: Any) -> list[str]:
+        """`artifacts.version_ref` of every artifact version `run` used."""
+        return sorted({art_map.version_ref(a.source_entity, a.source_project, a.source_name.split(":")[0], a.digest)
+                       for a in self.used_artifacts(run)})
+
+    def artifact(self, handle: Any, producer_project: str, producer_run: str) -> art_map.Artifact:
+        """What W&B holds of one logged version: its attributes, manifest (FetchArtifactManifest,
+        then the manifest file) and registry links (FetchLinkedArtifacts)."""
+        with errors(producer_project, producer_run):
+            entries = tuple(
+                art_map.Entry(path=path, digest=str(e.digest), size=e.size if (e.size or not e.ref) else None,
+                              ref=e.ref or None, extra=dict(e.extra or {}))
+                for path, e in handle.manifest.entries.items())
+            links = tuple(art_map.Link(f"{link.entity}/{link.project}/{link.name.split(':')[0]}",
+                                       tuple(sorted(a for a in link.aliases if not _VERSION_ALIAS.match(a))))
+                          for link in handle.linked_artifacts)
+            algorithm = getattr(handle, "digest_algorithm", "") or ""
+            return art_map.Artifact(
+                entity=handle.source_entity, project=handle.source_project,
+                name=handle.source_name.split(":")[0], type=handle.type, digest=handle.digest,
+                producer_project=producer_project, producer_run=producer_run,
+                description=handle.description or "",
+                metadata=json_text(handle.metadata) if handle.metadata else "",
+                aliases=tuple(handle.aliases), tags=tuple(handle.tags or ()),
+                ttl_seconds=int(handle.ttl.total_seconds()) if handle.ttl else 0,
+                digest_algorithm=str(getattr(algorithm, "value", algorithm)),
+                storage_policy=handle.manifest.storage_policy.name(), entries=entries, links=links)
+
+    def download_artifact(self, handle: Any, root: Path, project_id: str, run_id: str) -> Path:
+        """Every file of the version under the absolute directory `root` (GetArtifactMembershipFileUrls,
+        then each file's URL), past wandb's artifact cache (nothing is written there)."""
+        root = root.resolve()
+        with errors(project_id, run_id):
+            handle.download(root=str(root), skip_cache=True)
+        return root
 
 
 @contextlib.contextmanager

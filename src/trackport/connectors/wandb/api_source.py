@@ -15,7 +15,12 @@ Per run, in this order (all through api.py, the module that talks to wandb):
   the server's `events` stream asked for every point (a server may sample it:
   the count is reported);
 - `output.log` as `monitoring/stdout` lines, and every run file as a `file`
-  attribute, downloaded on demand into a temporary folder by absolute path.
+  attribute, downloaded on demand into a temporary folder by absolute path;
+- the artifact versions it used, as `wandb/used_artifacts` (artifacts.py).
+
+With the `artifacts` class selected, each artifact version a run logged is listed after
+the run, as the offline source lists them (artifacts.py: the same rows), its files
+downloaded on first use.
 
 File paths (`file_value.path`) are `<run id>/files/<path in the run>`, relative
 to the project's files folder of an export.
@@ -34,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -49,9 +54,10 @@ from trackport.core.connector import FileAccess, Source
 from trackport.core.errors import RunError, RunScoped, TransientError, UsageError
 from trackport.core.model import Origin, RunRef, Selection
 from trackport.core.registry import ParsedUri
-from trackport.core.schema import FILE_TYPES, VALUE_COLUMN, SeriesColumns, rows_to_table
+from trackport.core.schema import ARTIFACTS_CLASS, FILE_TYPES, VALUE_COLUMN, SeriesColumns, rows_to_table
 from trackport.core.steps import decimal_steps
 
+from . import artifacts as art_map
 from . import mapping as mp
 from .api import EVENTS_SAMPLES   # a constant; api.py imports wandb only inside its functions
 
@@ -138,6 +144,16 @@ class Locator:
     run_id: str
 
 
+@dataclass(frozen=True)
+class ArtifactLocator:
+    """An artifact version a run logged: the SDK's Artifact and the run that logged it."""
+
+    handle: Any = field(compare=False, hash=False)
+    project: str                 # the W&B project of the run that logged it
+    producer_project: str        # that run as this source lists it
+    producer_run: str
+
+
 class WandbApiSource(Source):
     capabilities = CAPABILITIES
 
@@ -172,22 +188,39 @@ class WandbApiSource(Source):
         out = []
         for name in names:
             pid = mp.project_id(self.target.entity, name)
-            if not select.projects or pid in select.projects or name in select.projects:
+            if not select.projects or pid in select.projects or name in select.projects or any(
+                    art_map.is_artifact_project(p) and art_map.producer_project_of(p) == pid for p in select.projects):
                 out.append(name)
         return out
 
     def list_runs(self, select: Selection) -> Iterator[RunRef]:
+        """Each run, then (with the `artifacts` class) each artifact version it logged."""
+        wants_artifacts = ARTIFACTS_CLASS in select.classes and (
+            not select.projects or any(art_map.is_artifact_project(p) for p in select.projects))
+        listed: set[tuple[str, str]] = set()
         for project in _retrying("listing projects", lambda: self._projects(select)):
             pid = mp.project_id(self.target.entity, project)
             # Listing is retried as a whole (ids only, so a retry repeats no work).
-            ids = _retrying(f"listing the runs of {pid}",
-                            lambda: [(r.id, _written_origin(r)) for r in self.api.runs(project, full=True)])
-            for wandb_id, origin in ids:
+            runs = _retrying(f"listing the runs of {pid}",
+                             lambda: [(r, _written_origin(r)) for r in self.api.runs(project, full=True)])
+            for wrun, origin in runs:
                 # A run trackport wrote is listed under its origin's ids, as the offline source does.
-                project_id, run_id = origin or (pid, wandb_id)
-                if not (select.wants_run(project_id, run_id) or select.wants_run(pid, wandb_id)):
-                    continue
-                yield RunRef(project_id, run_id, Locator(self.target.entity, project, wandb_id))
+                project_id, run_id = origin or (pid, wrun.id)
+                if select.wants_run(project_id, run_id) or select.wants_run(pid, wrun.id):
+                    yield RunRef(project_id, run_id, Locator(self.target.entity, project, wrun.id))
+                if wants_artifacts and origin is None:   # a run trackport wrote carries a version: it is that version
+                    yield from self._logged_versions(wrun, project, project_id, run_id, select, listed)
+
+    def _logged_versions(self, wrun, project: str, project_id: str, run_id: str, select: Selection,
+                         listed: set) -> Iterator[RunRef]:
+        handles = _retrying(f"listing the artifacts of {project_id}/{run_id}",
+                            lambda: self.api.logged_artifacts(wrun))
+        for handle in handles:
+            key = (art_map.project_of(handle.source_entity, handle.source_project, handle.source_name.split(":")[0]),
+                   handle.digest)
+            if key not in listed and select.wants_run(*key):
+                listed.add(key)
+                yield RunRef(*key, ArtifactLocator(handle, project, project_id, run_id))
 
     def _locator(self, ref: RunRef) -> Locator:
         if isinstance(ref.locator, Locator):
@@ -198,10 +231,13 @@ class WandbApiSource(Source):
         return Locator(entity, project, ref.run_id)
 
     def origin(self, run: RunRef) -> Origin:
-        loc = self._locator(run)
+        loc = run.locator if isinstance(run.locator, ArtifactLocator) else self._locator(run)
         return Origin(self.target.uri(loc.project), run.project_id, run.run_id)
 
     def describe_run(self, run: RunRef) -> str:
+        if isinstance(run.locator, ArtifactLocator):
+            loc = run.locator
+            return f"artifact {run.project_id} (digest {run.run_id}) logged by {loc.producer_project}/{loc.producer_run}"
         return f"{run.project_id}/{run.run_id}"
 
     def run_notes(self, run: RunRef) -> dict[str, Any]:
@@ -247,6 +283,13 @@ class WandbApiSource(Source):
             got = self._run_files.get(key)
         if got is not None:
             return got
+        if isinstance(run.locator, ArtifactLocator):
+            tmp = self._tmpdir()
+            with self._lock:
+                self._serial += 1
+                files = ApiArtifactFiles(self, run, tmp / f"{self._serial:06d}")
+                self._run_files[key] = files
+            return files
         loc = self._locator(run)
         return self._files_for(run, self.api.run(loc.project, loc.run_id))
 
@@ -255,6 +298,10 @@ class WandbApiSource(Source):
         """A digest of what one run query says of the run (no history is read): its state,
         heartbeat, history and console line counts and summary (its `_step`).  A training
         logging a step moves the line count, the heartbeat and the summary."""
+        if isinstance(run.locator, ArtifactLocator):   # a version's files never change; its aliases may
+            handle = run.locator.handle
+            return hashlib.blake2b(json.dumps([handle.digest, sorted(handle.aliases)]).encode(),
+                                   digest_size=12).hexdigest()
         loc = self._locator(run)
         wrun = _retrying(f"reading run {loc.run_id}", lambda: self.api.run(loc.project, loc.run_id))
         attrs = getattr(wrun, "_attrs", None) or {}
@@ -263,6 +310,9 @@ class WandbApiSource(Source):
         return hashlib.blake2b(json.dumps(state, default=str).encode(), digest_size=12).hexdigest()
 
     def read_run(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
+        if isinstance(run.locator, ArtifactLocator):
+            yield from self._read_version(run, select)
+            return
         loc = self._locator(run)
         wrun = self.api.run(loc.project, loc.run_id)
         reader = _RunReader(self, run, wrun, select)
@@ -275,6 +325,19 @@ class WandbApiSource(Source):
         finally:
             with self._lock:
                 self._notes[(run.project_id, run.run_id)] = reader.notes()
+
+    def _read_version(self, run: RunRef, select: Selection) -> Iterator[pa.Table]:
+        """An artifact version's rows, as the offline source gives them (artifacts.py)."""
+        loc: ArtifactLocator = run.locator
+        artifact = self.api.artifact(loc.handle, loc.producer_project, loc.producer_run)
+        with self._lock:
+            self._notes[(run.project_id, run.run_id)] = {}
+        rows = art_map.single_rows(artifact) + art_map.file_rows(artifact)
+        table = select.filter(rows_to_table(
+            ({"attribute_path": r.path, "attribute_type": r.type, VALUE_COLUMN[r.type]: r.value} for r in rows),
+            {"project_id": run.project_id, "run_id": run.run_id}))
+        if table.num_rows:
+            yield table
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -368,6 +431,37 @@ def integer_steps(steps: list) -> pa.Array:
 
 
 _SERIES_TYPES = frozenset({"float_series", "string_series", "histogram_series", "file_series"})
+
+
+class ApiArtifactFiles(FileAccess):
+    """An artifact version's files (`<digest>/<path in the artifact>`), all downloaded on first use."""
+
+    def __init__(self, source: WandbApiSource, ref: RunRef, root: Path):
+        self.source = source
+        self.ref = ref
+        self.root = root
+        self.prefix = art_map.file_name(ref.run_id, "")
+        self._lock = threading.Lock()
+        self._done = False
+
+    def local_path(self, path: str) -> Path | None:
+        name = path[len(self.prefix):] if path.startswith(self.prefix) else ""
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise RunError("not a file of this artifact", project_id=self.ref.project_id,
+                           run_id=self.ref.run_id, file=path)
+        with self._lock:
+            if not self._done:
+                self.source.api.download_artifact(self.ref.locator.handle, self.root, self.ref.project_id,
+                                                  self.ref.run_id)
+                self._done = True
+        local = self.root / name
+        if not local.is_file():
+            raise RunError("the artifact's download holds no such file", project_id=self.ref.project_id,
+                           run_id=self.ref.run_id, file=name)
+        return local
+
+    def open(self, path: str) -> BinaryIO:
+        return open(self.local_path(path), "rb")
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -524,6 +618,9 @@ class _RunReader(RunScoped):
         rows = mp.run_rows(info, self.hits) + mp.config_rows(config, self.hits) + \
             mp.summary_rows(run.summary_metrics or {}, self.hits) + \
             mp.metric_config_rows(wandb_config.get("m") if isinstance(wandb_config, dict) else None)
+        used = self.api.used_refs(run)
+        if used:
+            rows.append(mp.Row(art_map.USED_ARTIFACTS, "string_set", used))
         return rows_to_table(
             ({"attribute_path": r.path, "attribute_type": r.type, VALUE_COLUMN[r.type]: r.value} for r in rows),
             {"project_id": self.ref.project_id, "run_id": self.ref.run_id},

@@ -1,11 +1,15 @@
-"""W&B artifacts of offline runs as canonical runs (docs/wandb.md, "Artifacts").
+"""W&B artifacts as canonical runs (docs/wandb.md, "Artifacts").
 
 Pure: names and shapes only, no wandb import.  Each artifact version a run logged is one
 canonical run of the reserved project `wandb-artifacts/<entity>/<project>/<artifact name>`,
 run id = the artifact's digest (W&B keeps one version per digest of a collection).  The
-attributes below hold what the run's `artifact` record says of it; its files are `file`
-attributes under `files/`, their bytes read from where the SDK staged them.  Every sink
-keeps such an entry as a run (docs/format.md).
+attributes below hold what the run's `artifact` record (offline) or the W&B API says of it;
+its files are `file` attributes under `files/`, their bytes read from where the SDK staged
+them (offline) or downloaded (API).  Every sink keeps such an entry as a run (docs/format.md).
+
+Lineage: the producer is on the entry (`produced_by/*`); a consumer run carries
+`wandb/used_artifacts` (string_set of the entries' `<project>/<run id>`, see `version_ref`);
+the registry collections a version is linked into are on the entry (`links`, JSON).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ STORAGE_POLICY = _P + "storage_policy"      # string: the manifest's storage pol
 MANIFEST = _P + "manifest"                  # string: JSON of every entry (path, digest, size, ref, extra)
 PRODUCER_PROJECT = _P + "produced_by/project"   # the run that logged it, as this source lists it
 PRODUCER_RUN = _P + "produced_by/run_id"
+LINKS = _P + "links"                        # string: JSON [{"target": E/P/COLLECTION, "aliases": [...]}]
+USED_ARTIFACTS = "wandb/used_artifacts"     # on a RUN: string_set of version_ref() of each version it used
 REFERENCE_PREFIX = _P + "references/"       # string per reference entry: its URI (W&B keeps no bytes)
 FILES = "files/"                            # the artifact's files: files/<path in the artifact>
 
@@ -46,6 +52,16 @@ class Entry:
     ref: str | None = None
     local_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A registry collection a version is linked into (`run.link_artifact`): its path
+    `ENTITY/PROJECT/COLLECTION` (`model-registry`, `wandb-registry-<name>`) and the aliases
+    the link carries there (not the `vN` W&B numbers it with in that collection)."""
+
+    target: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,7 @@ class Artifact:
     digest_algorithm: str = ""
     storage_policy: str = ""
     entries: tuple[Entry, ...] = ()
+    links: tuple[Link, ...] = ()
 
     @property
     def project_id(self) -> str:
@@ -79,6 +96,27 @@ def project_of(entity: str, project: str, name: str) -> str:
 
 def is_artifact_project(project: str) -> bool:
     return project.startswith(PROJECT_PREFIX) and len(project) > len(PROJECT_PREFIX)
+
+
+def version_ref(entity: str, project: str, name: str, digest: str) -> str:
+    """The canonical `<project_id>/<run_id>` of a version's entry (what `used_artifacts` lists)."""
+    return f"{project_of(entity, project, name)}/{digest}"
+
+
+def links_text(links: tuple[Link, ...]) -> str:
+    return json.dumps([{"target": link.target, "aliases": sorted(link.aliases)}
+                       for link in sorted(links, key=lambda link: link.target)],
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def links_of(text: Any) -> list[Link]:
+    """The links of a LINKS value; [] for a value that is not that JSON list."""
+    try:
+        items = json.loads(text) if isinstance(text, str) and text else []
+    except ValueError:
+        return []
+    return [Link(str(i["target"]), tuple(str(a) for a in i.get("aliases") or ()))
+            for i in items if isinstance(i, dict) and i.get("target")] if isinstance(items, list) else []
 
 
 def producer_project_of(project: str) -> str:
@@ -166,6 +204,8 @@ def single_rows(art: Artifact) -> list[Row]:
         rows.append(Row(TAGS, "string_set", sorted(set(art.tags))))
     if art.ttl_seconds:
         rows.append(Row(TTL_SECONDS, "int", art.ttl_seconds))
+    if art.links:
+        rows.append(Row(LINKS, "string", links_text(art.links)))
     for e in art.entries:
         if e.ref:
             rows.append(Row(REFERENCE_PREFIX + e.path, "string", e.ref))

@@ -636,6 +636,12 @@ SINK_TRANSFORMATIONS: dict[str, str] = {
     "artifact_kept_as_run": "an artifact version (project wandb-artifacts/...) W&B does not let a "
     "user log: a type it reserves (wandb-*, job, run_table named run-*, code named source-*: what "
     "the SDK makes itself) or no name/type; written as a run only (its files as run files)",
+    "artifact_use_recorded": "a run's wandb/used_artifacts (consumer lineage) kept in config and the "
+    "manifest, not made a W&B use_artifact: wandb 0.31 refuses use_artifact offline "
+    "(wandb/sdk/wandb_run.py:3111) and this sink does not call it online yet",
+    "artifact_link_recorded": "an artifact version's wandb/artifact/links (registry collections) kept in "
+    "config and the manifest, not linked again: wandb 0.31's link_artifact raises NotImplementedError "
+    "offline (wandb/sdk/wandb_run.py:3036) and this sink does not call it online yet",
 }
 
 SINK_CAPABILITIES = Capabilities(

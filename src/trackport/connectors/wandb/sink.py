@@ -358,6 +358,10 @@ class WandbRunWriter(RunScoped, RunWriter):
         notes = scan.value(mp.DESCRIPTION)
         if scan.value(mp.FORK_PARENT):
             self._count("fork_recorded", mp.FORK_PARENT)
+        for path, kind in ((artifacts.USED_ARTIFACTS, "artifact_use_recorded"),
+                           (artifacts.LINKS, "artifact_link_recorded")):
+            if scan.value(path):
+                self._count(kind, path)
         self.sink.base_dir.mkdir(parents=True, exist_ok=True)
         wb_settings = self._settings()
         created = ms_from_datetime(scan.value(mp.CREATION_TIME))
