@@ -35,6 +35,14 @@ core/internal/runbranch/resume.go and core/internal/filestream/ in wandb/wandb):
 - `POST /sdk/otel/...` (the SDK's own telemetry): accepted and ignored.
 What arrives is stored in the run (FakeRun) so that the read queries above
 serve it back, and each run keeps `write_log`, the order things arrived in.
+
+Artifacts (`FakeArtifact`, put in `server.artifacts` by a test: W&B's state after
+`log_artifact` / `use_artifact` / `link_artifact`) are served to the queries of
+`wandb/sdk/artifacts/_generated/operations.py` the public API sends: RunOutputArtifacts /
+RunInputArtifacts (`run.logged_artifacts()` / `used_artifacts()`), FetchArtifactManifest
+(then `GET` of the manifest JSON at its directUrl), GetArtifactMembershipFileUrls (then
+`GET` of each file) and FetchLinkedArtifacts (registry memberships).  The artifact WRITE
+path of wandb-core (CreateArtifact, manifests, commits) is not served.
 """
 
 from __future__ import annotations
