@@ -149,7 +149,8 @@ def test_the_api_source_reads_logged_and_used_artifacts_and_links(lineage_projec
 
 def test_a_project_with_artifacts_a_registry_link_and_an_axis_goes_to_mlflow_and_back_to_wandb(
         lineage_project, tmp_path, mlflow_sqlite_uri, monkeypatch):
-    """Issue 20's "done when", W&B parts: W&B (API) -> MLflow -> W&B (offline)."""
+    """Issue 20's "done when", W&B parts: W&B (API) -> MLflow -> W&B offline, and -> W&B ONLINE
+    (the stand-in server takes wandb-core's artifact write path: real log/use/link)."""
     src = f"wandb://{ENTITY}/{PROJECT}"
     mlflow = f"mlflow:{mlflow_sqlite_uri}"
     copy_verify_rerun(src, mlflow, runs=4)
@@ -176,3 +177,72 @@ def test_a_project_with_artifacts_a_registry_link_and_an_axis_goes_to_mlflow_and
     code, report, text = run_cli("export", f"wandb:{tmp_path / 'wb'}", str(again))
     assert code == 0, text
     _assert_canonical(read_plain_export(again, extensions=True), again / "files")
+
+    # -> W&B ONLINE: the versions logged again, the consumer's use and the registry link made
+    # by the real SDK (CreateArtifact ... CommitArtifact, UseArtifact, LinkArtifact)
+    lineage_project.requests.clear()
+    report = copy_verify_rerun(mlflow, "wandb://ent/copied", "--wandb-dir", str(tmp_path / "wbo"), runs=4)
+    for run in report["runs"]:
+        assert not {"artifact_use_recorded", "artifact_link_recorded"} & set(run.get("transformations", {})), run
+    assert lineage_project.operations(400) == [] and lineage_project.operations(404) == []
+    assert {"CreateArtifact", "CreateArtifactManifest", "CreateArtifactFiles", "CommitArtifact", "UseArtifact",
+            "LinkArtifact"} <= set(lineage_project.operations(200))
+    _assert_online_lineage(tmp_path / "dl")
+
+
+def _assert_online_lineage(download: Path) -> None:
+    """What `wandb.Api` reads of `ent/copied`: the versions (digests, aliases, bytes), the
+    consumer's used version, the model's registry link."""
+    from trackport.connectors.wandb import mapping as mp
+    from trackport.connectors.wandb.client import import_wandb
+
+    api = import_wandb().Api()
+    runs = {mp.origin_from_config(r.config): r for r in api.runs("ent/copied")}
+    logged = {a.source_name.split(":")[0]: a for r in runs.values() for a in r.logged_artifacts()}
+    assert sorted(logged) == ["cifar", "resnet"]
+    for art, files in ((_model(), MODEL_FILES), (_dataset(), DATA_FILES)):
+        got = logged[art.name]
+        assert (got.type, got.digest, set(got.aliases)) == (art.type, art.digest, set(art.aliases))
+        assert (got.source_entity, got.source_project) == ("ent", "copied")
+        root = Path(got.download(root=str(download / art.name), skip_cache=True))
+        assert {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()} == files
+        # the carrying run is the version's entry: it logged it
+        assert mp.origin_from_config(next(r for r in runs.values() if any(
+            a.digest == art.digest for a in r.logged_artifacts())).config) == (
+            am.project_of(ENTITY, PROJECT, art.name), art.digest)
+    consumer = runs[(f"{ENTITY}/{PROJECT}", CONSUMER)]
+    assert [(a.source_name.split(":")[0], a.digest) for a in consumer.used_artifacts()] == [
+        ("cifar", _dataset().digest)]
+    assert not list(runs[(f"{ENTITY}/{PROJECT}", PRODUCER)].used_artifacts())
+    model = logged["resnet"]
+    assert model.metadata == {"acc": 0.91} and model.description == "the best checkpoint"
+    links = [(f"{link.entity}/{link.project}/{link.name.split(':')[0]}",
+              sorted(a for a in link.aliases if not a.startswith("v"))) for link in model.linked_artifacts]
+    assert links == [("ent/model-registry/resnet-models", ["production"])]
+    assert not list(logged["cifar"].linked_artifacts)
+
+
+def test_online_wandb_records_a_use_copied_before_its_version_and_counts_one_never_copied(lineage_project, tmp_path):
+    """W&B (API) -> W&B ONLINE, one run at a time, the consumer first: its version is not in the
+    destination yet, so its use is recorded once the version is logged (the public API's
+    `Run.use_artifact` on the consumer's copy).  A copy without the versions keeps the use a value."""
+    runs = lineage_project.entities[ENTITY][PROJECT]
+    runs.sort(key=lambda r: r.id != CONSUMER)
+    src = f"wandb://{ENTITY}/{PROJECT}"
+    report = copy_verify_rerun(src, "wandb://ent/copied", "--workers", "1", "--wandb-dir", str(tmp_path / "wbo"),
+                               runs=4)
+    assert [r["run_id"] for r in report["runs"]][0] == CONSUMER
+    for run in report["runs"]:
+        assert not {"artifact_use_recorded", "artifact_link_recorded"} & set(run.get("transformations", {})), run
+    # recorded by the public API's Run.use_artifact, which names the use (wandb/apis/public/runs.py:1517)
+    (use,) = [u for u in lineage_project.uses if u["entityName"] == "ent"]
+    assert use["usedAs"] == "cifar:v0"
+    _assert_online_lineage(tmp_path / "dl")
+
+    code, report, text = run_cli("copy", src, "wandb://ent/runs-only", "--project", f"{ENTITY}/{PROJECT}",
+                                 "--wandb-dir", str(tmp_path / "wbo"))
+    assert code == 0 and report["totals"]["moved"] == 2, text
+    transformed = {r["run_id"]: r.get("transformations", {}) for r in report["runs"]}
+    assert transformed[CONSUMER].get("artifact_use_recorded") == 1
+    assert not transformed[PRODUCER].get("artifact_use_recorded")
+

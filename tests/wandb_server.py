@@ -41,8 +41,20 @@ Artifacts (`FakeArtifact`, put in `server.artifacts` by a test: W&B's state afte
 `wandb/sdk/artifacts/_generated/operations.py` the public API sends: RunOutputArtifacts /
 RunInputArtifacts (`run.logged_artifacts()` / `used_artifacts()`), FetchArtifactManifest
 (then `GET` of the manifest JSON at its directUrl), GetArtifactMembershipFileUrls (then
-`GET` of each file) and FetchLinkedArtifacts (registry memberships).  The artifact WRITE
-path of wandb-core (CreateArtifact, manifests, commits) is not served.
+`GET` of each file) and FetchLinkedArtifacts (registry memberships).
+
+The artifact WRITE path is taken too (logged from the real SDK 0.31; the query texts are in
+`wandb/bin/wandb-core`, the Python SDK's in wandb/sdk/artifacts/_generated/operations.py):
+`run.log_artifact` -> ArtifactType (Python), then wandb-core's ArtifactSaver: CreateArtifact
+(a version with the same digest in the collection is answered as it is: W&B's dedup),
+CreateArtifactManifest (without, then with an upload URL), `PUT` of the manifest JSON,
+CreateArtifactFiles (an upload URL per file, no multipart) and `PUT` of each file,
+CommitArtifact; `Artifact.wait()` -> ArtifactByID; `run.use_artifact` /
+`Api().run().use_artifact` -> UseArtifact (kept in `uses`, the run added to the version's
+consumers); `run.link_artifact` -> LinkArtifact (the Python SDK's; answered with the
+membership, the server announcing ARTIFACT_MEMBERSHIP_IN_LINK_ARTIFACT_RESPONSE).  What
+arrives is a FakeArtifact (the digest and manifest as sent, the files as uploaded), served
+back by the read queries above.
 """
 
 from __future__ import annotations
@@ -121,6 +133,11 @@ class FakeArtifact:
     tags: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)          # run ids of the runs that used it
     links: list[tuple[str, list[str]]] = field(default_factory=list)  # ("ENTITY/PROJECT/COLLECTION", aliases)
+    # set when the SDK wrote it (CreateArtifact ... CommitArtifact): what it sent, as sent
+    created_id: str | None = None
+    sent_digest: str | None = None
+    sent_manifest: dict[str, Any] | None = None
+    state: str = "COMMITTED"
 
     def entry_digest(self, path: str) -> str:
         return base64.b64encode(hashlib.md5(self.files[path]).digest()).decode()
@@ -128,6 +145,8 @@ class FakeArtifact:
     @property
     def digest(self) -> str:
         """W&B's digest of the manifest (wandb/sdk/artifacts/artifact_manifests/artifact_manifest_v1.py)."""
+        if self.sent_digest:
+            return self.sent_digest
         hasher = hashlib.md5(b"wandb-artifact-manifest-v1\n")
         for path in sorted(self.files):
             hasher.update(f"{path}:{self.entry_digest(path)}\n".encode())
@@ -135,9 +154,11 @@ class FakeArtifact:
 
     @property
     def id(self) -> str:
-        return base64.b64encode(f"Artifact:{self.digest}".encode()).decode()
+        return self.created_id or base64.b64encode(f"Artifact:{self.digest}".encode()).decode()
 
     def manifest(self) -> dict[str, Any]:
+        if self.sent_manifest is not None:
+            return self.sent_manifest
         return {"version": 1, "storagePolicy": "wandb-storage-policy-v1",
                 "storagePolicyConfig": {"storageLayout": "V2"},
                 "contents": {p: {"digest": self.entry_digest(p), "size": len(b)} for p, b in sorted(self.files.items())}}
@@ -156,6 +177,8 @@ class WandbServer:
         self.retry_after = retry_after
         self.requests: list[tuple[str, str, int]] = []    # (method, operation or path, status)
         self.artifacts: list[FakeArtifact] = []
+        self.features: list[str] = ["ARTIFACT_MEMBERSHIP_IN_LINK_ARTIFACT_RESPONSE"]
+        self.uses: list[dict] = []     # every UseArtifact input, in arrival order
         self.rejected_auth = 0
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -220,7 +243,9 @@ class WandbServer:
         return {"viewer": {"id": "VXNlcjox", "entity": next(iter(self.entities), "entity")}}
 
     def _op_ServerFeaturesQuery(self, v: dict) -> dict:
-        return {"serverInfo": {"features": []}}
+        # ARTIFACT_MEMBERSHIP_IN_LINK_ARTIFACT_RESPONSE: LinkArtifact answers with the new
+        # membership (wandb/sdk/artifacts/artifact.py:2583), as current W&B servers do
+        return {"serverInfo": {"features": [{"name": name, "isEnabled": True} for name in self.features]}}
 
     def _page(self, items: list, cursor: str | None, first: int | None) -> tuple[list, int, bool]:
         start = int(cursor) if cursor else 0
@@ -391,6 +416,10 @@ class WandbServer:
     def _op_RunInputArtifacts(self, v: dict) -> dict:
         return self._run_artifacts(v, used=True)
 
+    def _op_ArtifactByID(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["id"])
+        return {"artifact": None if art is None else self._artifact_node(art)}
+
     def _op_FetchArtifactManifest(self, v: dict) -> dict:
         art = self._artifact_by_id(v["id"])
         return {"artifact": None if art is None else {
@@ -435,6 +464,124 @@ class WandbServer:
         return art.files.get(what.removeprefix("files/")) if what.startswith("files/") else None
 
     # -- the SDK's write path ------------------------------------------------------------
+    # Artifacts, as wandb-core's ArtifactSaver sends them (query texts in wandb/bin/wandb-core):
+    # CreateArtifact -> CreateArtifactManifest (+ PUT of the manifest JSON) -> CreateArtifactFiles
+    # (+ PUT of each file) -> CommitArtifact; `run.use_artifact` sends UseArtifact and
+    # `run.link_artifact` LinkArtifact.
+    def artifact_upload_url(self, art: FakeArtifact, what: str) -> str:
+        return f"{self.url}/artifact-upload/{quote(art.id, safe='')}/{quote(what)}"
+
+    def _op_ArtifactType(self, v: dict) -> dict:
+        name = (v.get("name") or "").split(":")[0]
+        art = next((a for a in self.artifacts if (a.entity, a.project, a.name) ==
+                    (v.get("entity"), v.get("project"), name)), None)
+        return {"project": {"artifact": None if art is None else {"artifactType": {"name": art.type}}}}
+
+    def _op_CreateArtifact(self, v: dict) -> dict:
+        i = v["input"]
+        entity, project, name = i["entityName"], i["projectName"], i["artifactCollectionName"]
+        aliases = [a["alias"] for a in i.get("aliases") or []]
+        with self._lock:
+            same = [a for a in self.artifacts if (a.entity, a.project, a.name) == (entity, project, name)]
+            art = next((a for a in same if a.digest == i["digest"]), None)
+            if art is None:
+                metadata = json.loads(i["metadata"]) if isinstance(i.get("metadata"), str) else (i.get("metadata") or {})
+                art = FakeArtifact(entity, project, name, i["artifactTypeName"], {}, i.get("runName") or "",
+                                   version_index=len(same), aliases=[], description=i.get("description"),
+                                   metadata=metadata, tags=[t["tagName"] for t in i.get("tags") or []],
+                                   sent_digest=i["digest"], state="PENDING",
+                                   created_id=base64.b64encode(f"Artifact:{entity}/{project}/{name}:"
+                                                               f"{i['digest']}".encode()).decode())
+                self.artifacts.append(art)
+            for alias in aliases:          # an alias names one version of a collection
+                for other in same:
+                    if other is not art and alias in other.aliases:
+                        other.aliases.remove(alias)
+                if alias not in art.aliases:
+                    art.aliases.append(alias)
+            latest = max((a for a in self.artifacts if (a.entity, a.project, a.name) == (entity, project, name)),
+                         key=lambda a: a.version_index)
+        return {"createArtifact": {"artifact": {"id": art.id, "state": art.state,
+                                                "artifactSequence": {"latestArtifact": {"id": latest.id}}}}}
+
+    def _manifest_payload(self, art: FakeArtifact, key: str) -> dict:
+        return {key: {"artifactManifest": {"id": f"manifest:{art.id}", "file": {
+            "id": f"file:{art.id}", "uploadUrl": self.artifact_upload_url(art, "__manifest__"), "uploadHeaders": []}}}}
+
+    def _op_CreateArtifactManifest(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["artifactID"])
+        if art is None:
+            raise KeyError("CreateArtifactManifest of an unknown artifact")
+        return self._manifest_payload(art, "createArtifactManifest")
+
+    def _op_UpdateArtifactManifest(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["artifactManifestID"].removeprefix("manifest:"))
+        if art is None:
+            raise KeyError("UpdateArtifactManifest of an unknown manifest")
+        return self._manifest_payload(art, "updateArtifactManifest")
+
+    def _op_CreateArtifactFiles(self, v: dict) -> dict:
+        edges = []
+        for f in v["input"]["artifactFiles"]:
+            art = self._artifact_by_id(f["artifactID"])
+            if art is None:
+                raise KeyError("CreateArtifactFiles of an unknown artifact")
+            edges.append({"node": {"storagePath": f"{art.id}/{f['name']}",
+                                   "uploadUrl": self.artifact_upload_url(art, "files/" + f["name"]),
+                                   "uploadHeaders": [], "uploadMultipartUrls": None, "artifact": {"id": art.id}}})
+        return {"createArtifactFiles": {"files": {"edges": edges}}}
+
+    def receive_artifact_upload(self, artifact_id: str, what: str, data: bytes) -> bool:
+        with self._lock:
+            art = self._artifact_by_id(artifact_id)
+            if art is None or art.state != "PENDING":
+                return False
+            if what == "__manifest__":
+                art.sent_manifest = json.loads(data)
+            elif what.startswith("files/"):
+                art.files[what[len("files/"):]] = data
+            else:
+                return False
+            return True
+
+    def _op_CommitArtifact(self, v: dict) -> dict:
+        art = self._artifact_by_id(v["artifactID"])
+        if art is None:
+            raise KeyError("CommitArtifact of an unknown artifact")
+        art.state = "COMMITTED"
+        return {"commitArtifact": {"artifact": {"id": art.id, "digest": art.digest}}}
+
+    def _op_UseArtifact(self, v: dict) -> dict:
+        i = v.get("input") or v
+        art = self._artifact_by_id(i["artifactID"])
+        if art is None:
+            raise KeyError("UseArtifact of an unknown artifact")
+        self.uses.append(dict(i))
+        with self._lock:
+            if i["runName"] not in art.consumers:
+                art.consumers.append(i["runName"])
+        return {"useArtifact": {"artifact": {"id": art.id}}}
+
+    def _op_LinkArtifact(self, v: dict) -> dict:
+        i = v.get("input") or v
+        art = self._artifact_by_id(i.get("artifactID") or i.get("artifactId") or "")
+        if art is None:
+            raise KeyError("LinkArtifact of an unknown artifact")
+        target = f"{i['entityName']}/{i['projectName']}/{i['artifactPortfolioName']}"
+        aliases = [a["alias"] for a in i.get("aliases") or []]
+        with self._lock:
+            art.links = [(t, a) for t, a in art.links if t != target] + [(target, aliases)]
+            index = [t for t, _a in art.links].index(target)
+        entity, project, portfolio = target.split("/")
+        membership = {"__typename": "ArtifactCollectionMembership", "id": f"membership:{target}:{art.id}",
+                      "versionIndex": index, "createdAt": "2026-01-02T03:04:05",
+                      "aliases": [{"__typename": "ArtifactAlias", "id": f"{target}:{a}", "alias": a} for a in aliases],
+                      "artifactCollection": {"__typename": "ArtifactPortfolio", "name": portfolio,
+                                             "project": self._project_info(entity, project)},
+                      "artifact": self._artifact_node(art)}
+        # the Python SDK's LinkArtifact (wandb/sdk/artifacts/_generated/operations.py) names it `result`
+        return {"result": {"versionIndex": index, "artifactMembership": membership}}
+
     def upload_url(self, entity: str, project: str, run_id: str, name: str) -> str:
         return f"{self.url}/upload/{quote(entity)}/{quote(project)}/{quote(run_id)}/{quote(name)}"
 
@@ -599,6 +746,10 @@ class WandbServer:
 
             def do_PUT(self):
                 raw = self._body()
+                parts = self._write_path("artifact-upload")
+                if parts and len(parts) >= 2 and server.receive_artifact_upload(parts[0], "/".join(parts[1:]), raw):
+                    server._record("PUT", f"artifact-upload:{'/'.join(parts[1:])}", 200)
+                    return self._send(200, b"", "text/plain")
                 parts = self._write_path("upload")
                 if parts and len(parts) >= 4 and server.receive_upload(*parts[:3], "/".join(parts[3:]), raw):
                     server._record("PUT", f"upload:{'/'.join(parts[3:])}", 200)

@@ -210,3 +210,39 @@ def mark_online_run(entity: str, project: str, run_id: str, key: str, value: Any
     run = api.run(f"{entity}/{project}/{run_id}")
     run.config[key] = value
     run.update()
+
+
+def _public_api():
+    wandb = import_wandb()
+    base = current_base_url()
+    return wandb, wandb.Api(overrides={"base_url": base} if base else None)
+
+
+def logged_version(entity: str, project: str, run_id: str, name: str, digest: str):
+    """The artifact version NAME with DIGEST that W&B run ENTITY/PROJECT/RUN_ID logged (a
+    `wandb.Artifact` of the public API), None when that run or version is not there.
+
+    `wandb.Api().run(...)` then `run.logged_artifacts()` (GraphQL `Run`, `RunOutputArtifacts`):
+    the carrying run of a version's entry is where the sink logged it (sink.py, `_log_artifact`)."""
+    wandb, api = _public_api()
+    try:
+        run = api.run(f"{entity}/{project}/{run_id}")
+    except (ValueError, wandb.errors.CommError) as exc:
+        from .api import status_of
+
+        text = str(exc).lower()
+        if isinstance(exc, ValueError) or status_of(exc) == 404 or "not found" in text or "could not find" in text:
+            return None
+        raise
+    for art in run.logged_artifacts():
+        if art.digest == digest and art.source_name.split(":")[0] == name:
+            return art
+    return None
+
+
+def record_use(entity: str, project: str, run_id: str, artifact) -> None:
+    """Record W&B run ENTITY/PROJECT/RUN_ID (finished or not) as a user of ARTIFACT, a version
+    of the public API: `wandb.Api().run(...).use_artifact(artifact)` (wandb/apis/public/runs.py:1489,
+    the `UseArtifact` mutation that `wandb.Run.use_artifact` sends too, wandb/sdk/wandb_run.py:3158)."""
+    _wandb, api = _public_api()
+    api.run(f"{entity}/{project}/{run_id}").use_artifact(artifact)

@@ -637,11 +637,12 @@ SINK_TRANSFORMATIONS: dict[str, str] = {
     "user log: a type it reserves (wandb-*, job, run_table named run-*, code named source-*: what "
     "the SDK makes itself) or no name/type; written as a run only (its files as run files)",
     "artifact_use_recorded": "a run's wandb/used_artifacts (consumer lineage) kept in config and the "
-    "manifest, not made a W&B use_artifact: wandb 0.31 refuses use_artifact offline "
-    "(wandb/sdk/wandb_run.py:3111) and this sink does not call it online yet",
+    "manifest, not made a W&B use_artifact: offline, where wandb 0.31 refuses use_artifact "
+    "(wandb/sdk/wandb_run.py:3111); online, only for a used version this copy did not log into the "
+    "destination (not selected, kept as a run) or whose use W&B refused",
     "artifact_link_recorded": "an artifact version's wandb/artifact/links (registry collections) kept in "
-    "config and the manifest, not linked again: wandb 0.31's link_artifact raises NotImplementedError "
-    "offline (wandb/sdk/wandb_run.py:3036) and this sink does not call it online yet",
+    "config and the manifest, not linked again: offline, where wandb 0.31's link_artifact raises "
+    "NotImplementedError (wandb/sdk/wandb_run.py:3036); online, only when W&B refused the link",
 }
 
 SINK_CAPABILITIES = Capabilities(

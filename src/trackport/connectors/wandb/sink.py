@@ -13,8 +13,11 @@ How one run is written (mapping.py has the encoding):
    IPC file and copies files into the run's files dir (`run.save`, absolute paths);
 3. `commit()` memory-maps the spool, orders it by step (stable), and logs one
    `run.log({...}, step=s)` per step with every value of that step and `_timestamp`;
-   then saves `trackport/manifest.json`, sets config `_trackport.complete = true`
-   LAST, and finishes the run.
+   then saves `trackport/manifest.json`, logs the artifact version an entry of
+   `wandb-artifacts/...` is (online: links it into its registry collections) and, online,
+   `run.use_artifact`s the destination's copy of each version the run used
+   (docs/wandb.md, "Artifacts"), sets config `_trackport.complete = true` LAST, and
+   finishes the run.
    Online, wandb-core sends a config change at once (GraphQL `UpsertBucket`) but
    batches history into its file_stream, so a mark set before `finish()` would reach
    the server BEFORE the history; the run is therefore finished first (everything
@@ -31,6 +34,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +101,12 @@ class WandbSink(Sink):
         self.base_dir = base_dir
         self.options = dict(options)
         self.uri = f"wandb://{entity}/{project}" if project else f"wandb://{entity}"
+        # Online lineage (docs/wandb.md, "Artifacts"): a consumer copied before the version it used
+        # waits here (version ref -> consumers) until that version is logged; `_logged` holds the
+        # refs of versions logged by this sink.
+        self._lineage_lock = threading.Lock()
+        self._logged: set[str] = set()
+        self._pending_uses: dict[str, list[tuple[str, str, Any]]] = {}   # ref -> (project, run id, report)
 
     def preflight(self, read_only: bool = False) -> None:
         """Offline: the folder the run files go to takes files."""
@@ -180,6 +190,44 @@ class WandbSink(Sink):
                     "does not write into it. Fix: delete that run in W&B and rerun the copy (or copy "
                     "into another project)", project_id=plan.ref.project_id, run_id=plan.ref.run_id)
         return WandbRunWriter(self, plan, after)
+
+    def close(self) -> None:
+        """A consumer whose used version was not logged by this copy (not selected, kept as a
+        run only, or not found in the destination) keeps the use as a value: counted."""
+        with self._lineage_lock:
+            left, self._pending_uses = self._pending_uses, {}
+        counted = set()
+        for ref, consumers in sorted(left.items()):
+            for project, run_id, report in consumers:
+                log.warning("W&B run %s/%s/%s: the artifact version it used (%s) is not in the destination; "
+                            "kept as %s", self.entity, project, run_id, ref, artifacts.USED_ARTIFACTS)
+                if (project, run_id) not in counted:   # once per run, as the writer counts
+                    counted.add((project, run_id))
+                    report.transformed("artifact_use_recorded", 1, artifacts.USED_ARTIFACTS)
+
+    def version_logged(self, ref: str) -> list[tuple[str, str, Any]]:
+        """Note that the version `ref` is logged; the consumers that waited for it."""
+        with self._lineage_lock:
+            self._logged.add(ref)
+            return self._pending_uses.pop(ref, [])
+
+    def wait_for_version(self, ref: str, project: str, run_id: str, report) -> bool:
+        """Register a consumer of `ref` to be recorded when it is logged; False when it was
+        logged meanwhile (the caller looks again)."""
+        with self._lineage_lock:
+            if ref in self._logged:
+                return False
+            self._pending_uses.setdefault(ref, []).append((project, run_id, report))
+            return True
+
+    def carrier_of(self, ref: str, uri: str) -> tuple[str, str, str, str] | None:
+        """(project, run id, artifact name, digest) of the destination run carrying the version
+        `ref` (`<wandb-artifacts/...>/<digest>`) of a source `uri`; None for a ref not of that form."""
+        project_id, _, digest = ref.rpartition("/")
+        if not artifacts.is_artifact_project(project_id) or not digest:
+            return None
+        origin = Origin(uri, project_id, digest)
+        return self.project_for(origin), self.run_id_for(origin), project_id.rsplit("/", 1)[1], digest
 
     def as_source(self):
         if self.mode != "offline":
@@ -358,10 +406,13 @@ class WandbRunWriter(RunScoped, RunWriter):
         notes = scan.value(mp.DESCRIPTION)
         if scan.value(mp.FORK_PARENT):
             self._count("fork_recorded", mp.FORK_PARENT)
-        for path, kind in ((artifacts.USED_ARTIFACTS, "artifact_use_recorded"),
-                           (artifacts.LINKS, "artifact_link_recorded")):
-            if scan.value(path):
-                self._count(kind, path)
+        if self.sink.mode == "offline":
+            # wandb 0.31 refuses use_artifact / link_artifact offline (wandb/sdk/wandb_run.py:3111,
+            # :3036): kept as values.  Online they are made (`_use_artifacts`, `_link`).
+            for path, kind in ((artifacts.USED_ARTIFACTS, "artifact_use_recorded"),
+                               (artifacts.LINKS, "artifact_link_recorded")):
+                if scan.value(path):
+                    self._count(kind, path)
         self.sink.base_dir.mkdir(parents=True, exist_ok=True)
         wb_settings = self._settings()
         created = ms_from_datetime(scan.value(mp.CREATION_TIME))
@@ -562,6 +613,8 @@ class WandbRunWriter(RunScoped, RunWriter):
             self.run.save(str(manifest), base_path=str(self.files_dir), policy="now")
             if artifacts.is_artifact_project(self.project_id):
                 self._log_artifact()
+            if self.sink.mode == "online":
+                self._use_artifacts()
             url = getattr(self.run, "url", None) if self.sink.mode == "online" else None
             if self.sink.mode == "online":
                 # everything on the server first (history, files, file_stream `complete`) ...
@@ -583,10 +636,14 @@ class WandbRunWriter(RunScoped, RunWriter):
     def _log_artifact(self) -> None:
         """An artifact version's entry (docs/wandb.md, "Artifacts") is logged again as an
         artifact, from the run that carries it: same name, type, description, metadata,
-        aliases, files and references, so W&B computes the same digest."""
+        aliases, files and references, so W&B computes the same digest.  Online, once the
+        server committed it: `run.link_artifact` for each of its registry links, and the use
+        recorded for every consumer copied before it (`WandbSink.version_logged`)."""
         relog = artifacts.relog_of({path: value for path, (_kind, value) in self.plan.scan.values.items()})
         if relog is None:
             self._count("artifact_kept_as_run", self.project_id)
+            if self.sink.mode == "online" and self.plan.scan.value(artifacts.LINKS):
+                self._count("artifact_link_recorded", artifacts.LINKS)   # no version to link
             return
         from .client import new_artifact
 
@@ -604,9 +661,69 @@ class WandbRunWriter(RunScoped, RunWriter):
                 raise self._err(f"artifact {relog.name}: reference {path} -> {uri} not accepted by W&B "
                                 f"({type(exc).__name__}: {exc})") from None
         try:
-            self.run.log_artifact(artifact, aliases=relog.aliases or None)
+            logged = self.run.log_artifact(artifact, aliases=relog.aliases or None)
+            if self.sink.mode == "online":
+                logged.wait()    # committed by the server (links and uses need the version)
         except Exception as exc:
             raise self._err(f"log_artifact({relog.name!r}) failed: {type(exc).__name__}: {exc}") from None
+        if self.sink.mode != "online":
+            return
+        links = artifacts.links_of(self.plan.scan.value(artifacts.LINKS))
+        for link in links:
+            self._link(logged, link)
+        ref = f"{self.origin.project_id}/{self.origin.run_id}"
+        for project, run_id, report in self.sink.version_logged(ref):
+            try:   # a consumer copied before this version: recorded now, through the public API
+                from .client import record_use
+
+                record_use(self.sink.entity, project, run_id, logged)
+            except Exception as exc:
+                log.warning("W&B run %s/%s/%s: recording its use of %s failed (%s: %s); kept as %s",
+                            self.sink.entity, project, run_id, ref, type(exc).__name__, exc,
+                            artifacts.USED_ARTIFACTS)
+                report.transformed("artifact_use_recorded", 1, artifacts.USED_ARTIFACTS)
+
+    def _link(self, logged, link: artifacts.Link) -> None:
+        """`run.link_artifact` into the registry collection of `link`, in the destination's
+        entity (a W&B registry belongs to an entity); a `wandb-registry-*` target is passed
+        without entity, for the SDK to find the organization (wandb/sdk/wandb_run.py:3050).
+        Refused: the link stays a value (`artifact_link_recorded`)."""
+        _entity, project, collection = (link.target.split("/", 2) + ["", "", ""])[:3]
+        target = f"{project}/{collection}" if project.startswith("wandb-registry-") else \
+            f"{self.sink.entity}/{project}/{collection}"
+        try:
+            self.run.link_artifact(logged, target, aliases=list(link.aliases) or None)
+        except Exception as exc:
+            log.warning("W&B run %s: link_artifact(%s) failed (%s: %s); kept as %s", self.run_id, target,
+                        type(exc).__name__, exc, artifacts.LINKS)
+            self._count("artifact_link_recorded", artifacts.LINKS)
+
+    def _use_artifacts(self) -> None:
+        """`run.use_artifact` of the destination's copy of each version the source run used
+        (`wandb/used_artifacts`), found as the version its carrying run logged; a version not
+        logged yet is recorded when it is (`WandbSink.version_logged`), or counted at the end."""
+        from .client import logged_version
+
+        for ref in self.plan.scan.value(artifacts.USED_ARTIFACTS) or []:
+            carrier = self.sink.carrier_of(str(ref), self.origin.uri)
+            if carrier is None:
+                self._count("artifact_use_recorded", artifacts.USED_ARTIFACTS)
+                continue
+            project, run_id, name, digest = carrier
+            for _attempt in range(2):
+                try:
+                    version = logged_version(self.sink.entity, project, run_id, name, digest)
+                    if version is not None:
+                        self.run.use_artifact(version)
+                        break
+                except Exception as exc:
+                    log.warning("W&B run %s: use_artifact(%s) failed (%s: %s); kept as %s", self.run_id, ref,
+                                type(exc).__name__, exc, artifacts.USED_ARTIFACTS)
+                    self._count("artifact_use_recorded", artifacts.USED_ARTIFACTS)
+                    break
+                if self.sink.wait_for_version(str(ref), self.sink.project_for(self.origin), self.run_id,
+                                              self.report):
+                    break
 
     def _define_metrics(self) -> None:
         """`run.define_metric` for every `wandb/define_metric/<name>` value, AFTER the history:
