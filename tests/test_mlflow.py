@@ -626,6 +626,44 @@ def test_resume_twice_without_duplicates(sink, tmp_path):
     assert open_sink(parse_uri(sink.uri), {}).find_run(plan.origin).complete
 
 
+def test_a_small_manifest_rides_in_a_tag_and_a_big_one_is_an_artifact(sink):
+    """The manifest of a small run is the tag `trackport.attributes` (set with the completion
+    mark: one request fewer per run); one over a tag value's 8,000 characters is the artifact
+    `trackport/attributes.json`, and a resumed run whose manifest outgrew the tag loses the
+    tag.  Both read back exactly."""
+    from trackport.connectors.mlflow import open_sink
+    from trackport.connectors.mlflow.manifest import MANIFEST_PATH
+    from trackport.connectors.mlflow.tags import TAG_MANIFEST
+
+    project = unique("manifest")
+    small = rows_to_table([{"attribute_path": "config/a", "attribute_type": "int", "int_value": 5},
+                           {"attribute_path": "loss", "attribute_type": "float_series", "step": Decimal(1),
+                            "timestamp": ts(1_700_000_000.0), "float_value": 0.5}],
+                          {"project_id": project, "run_id": "R"})
+    plan, dest = load(sink, small)
+    client = sink.tracking.client
+    run = client.get_run(dest.id)
+    assert Manifest.loads(run.data.tags[TAG_MANIFEST]).attributes.keys() == {"config/a", "loss"}
+    assert MANIFEST_PATH not in {f.path for f in client.list_artifacts(dest.id, "trackport")}
+    assert normal(read_back(sink, dest, plan.origin)) == normal(small)
+
+    # The same run again with 300 more attributes (the source changed): resumed in place, its
+    # manifest now too big for a tag.
+    big = pa.concat_tables([small, rows_to_table(
+        [{"attribute_path": f"config/key_{i:03d}", "attribute_type": "string", "string_value": "v"}
+         for i in range(300)], {"project_id": project, "run_id": "R"})])
+    fresh = open_sink(parse_uri(sink.uri), {})
+    found = fresh.find_run(plan.origin)
+    writer = fresh.begin_run(make_plan(big, None), found)
+    writer.write(with_dest_steps(big, 1))
+    dest2 = writer.commit()
+    assert dest2.id == dest.id
+    run = client.get_run(dest.id)
+    assert TAG_MANIFEST not in run.data.tags
+    assert MANIFEST_PATH in {f.path for f in client.list_artifacts(dest.id, "trackport")}
+    assert normal(read_back(open_sink(parse_uri(sink.uri), {}), dest2, plan.origin)) == normal(big)
+
+
 def test_store_deduplicates_identical_points_and_params(sink):
     """What resuming relies on, checked on the real store (REST server and direct SQLite):
     identical metric rows (key, timestamp, step, value, is_nan) are kept once, and a param

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from support import canonical_rows, read_plain_export, run_cli, runs_by_id
 from trackport.connectors.mlflow.mapping import CAPABILITIES as MLFLOW_CAPABILITIES
 from trackport.connectors.mlflow.manifest import MANIFEST_PATH, Manifest
+from trackport.connectors.mlflow.tags import TAG_MANIFEST
 from trackport.core.layout import safe
 from trackport.core.schema import rows_to_table
 from trackport.testing.corpus import CorpusRun
@@ -29,7 +30,7 @@ from trackport.testing.exporter_layout import write_exporter_export
 # version of the run (for refreshing changed runs).
 TRACKPORT_TAGS = {"trackport.origin.uri", "trackport.origin.project", "trackport.origin.run_id",
                   "trackport.step_multiplier", "trackport.complete", "trackport.source_version",
-                  "trackport.fork.parent_run_id", "trackport.fork.step"}
+                  "trackport.fork.parent_run_id", "trackport.fork.step", "trackport.attributes"}
 
 
 def _source_store(tmp_path) -> tuple[str, dict[str, str]]:
@@ -187,7 +188,9 @@ def test_colliding_artifact_names_lose_nothing(case, tmp_path):
     client = MlflowClient(f"sqlite:///{db}")
     run = client.search_runs([client.get_experiment_by_name(_P).experiment_id])[0]
     assert run.data.tags["trackport.complete"] == "true"
-    manifest = Manifest.loads(Path(client.download_artifacts(run.info.run_id, MANIFEST_PATH, str(tmp_path))).read_text())
+    text = run.data.tags.get(TAG_MANIFEST) or Path(
+        client.download_artifacts(run.info.run_id, MANIFEST_PATH, str(tmp_path))).read_text()
+    manifest = Manifest.loads(text)
     artifacts = [f[3] for e in manifest.attributes.values() for f in e.files]
     assert len(set(artifacts)) == len(artifacts) and not any(a.startswith("trackport/") for a in artifacts)
 

@@ -59,12 +59,16 @@ def host_lock_dir(destination_uri: str) -> Path:
 @contextlib.contextmanager
 def file_lock(path: Path, what: str) -> Iterator[tuple[str, float]]:
     """Hold an exclusive flock on `path` (created if missing); wait for it, saying who holds it.
-    Yields who held it last ("pid N", "" if nobody) and when that one took it (mtime)."""
+    Yields who held it last (its record: "pid N" while held, "pid N released" once let go
+    normally; "" if nobody) and when that record was written (mtime): the release time of a
+    holder that let go, the take time of one that died holding it."""
     if fcntl is None:
         yield "", 0.0
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    mine = f"pid {os.getpid()}"
+    taken_by_us = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,14 +83,40 @@ def file_lock(path: Path, what: str) -> Iterator[tuple[str, float]]:
             log.info("%s: the other process is done; going on", what)
         try:
             previous = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-            taken = os.fstat(fd).st_mtime
+            written = os.fstat(fd).st_mtime
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+            os.pwrite(fd, mine.encode(), 0)
+            taken_by_us = True
         except OSError:
-            previous, taken = "", 0.0
-        yield previous, taken
+            previous, written = "", 0.0
+        yield previous, written
     finally:
+        if taken_by_us:
+            try:   # the next holder learns when we let go (and that we did not die holding it)
+                os.pwrite(fd, f"{mine} {RELEASED}".encode(), 0)
+            except OSError:
+                pass
         os.close(fd)   # releases the lock
+
+
+RELEASED = "released"
+
+
+def available() -> bool:
+    """Are claims taken on this system (POSIX flock)?"""
+    return fcntl is not None
+
+
+def written_meanwhile(previous: str, written: float, since: float) -> bool:
+    """Did another process write under this lock after `since` (or die holding it, at any
+    time)?  Then what this process learnt of the destination before may be stale."""
+    released = previous.endswith(f" {RELEASED}")
+    holder = previous[: -len(RELEASED) - 1] if released else previous
+    if not holder or holder == f"pid {os.getpid()}":
+        return False
+    if not released:
+        return True    # it died holding the claim: it may have written at any time since it took it
+    return written >= since - 1.0
 
 
 class OriginClaims:
@@ -101,10 +131,10 @@ class OriginClaims:
 
     @contextlib.contextmanager
     def hold(self, origin: Origin, what: str, since: float) -> Iterator[bool]:
-        """Claim the run; yields whether another process claimed it after `since` (what this
-        process learnt about the destination before then may be stale)."""
+        """Claim the run; yields whether another process may have written it since `since`
+        (`written_meanwhile`): what this process learnt about the destination may be stale."""
         if self.directory is None:
             yield False
             return
-        with file_lock(self.path(origin), what) as (previous, taken):
-            yield bool(previous) and previous != f"pid {os.getpid()}" and taken >= since - 1.0
+        with file_lock(self.path(origin), what) as (previous, written):
+            yield written_meanwhile(previous, written, since)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from trackport.core.claims import available as claims_available
 from trackport.core.connector import RunPlan, RunWriter, Sink
 from trackport.core.errors import RunError, RunScoped, TransientError
 from trackport.core.files import materialise
@@ -41,7 +42,8 @@ from .registry import is_registry_project
 from .registry_sink import RegistryWriter, Versions
 from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_points
 from .tags import (
-    MAX_RUN_NAME_LENGTH, TAG_COMPLETE, TAG_MULTIPLIER, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN,
+    MAX_RUN_NAME_LENGTH, MAX_TAG_LENGTH, TAG_COMPLETE, TAG_MANIFEST, TAG_MULTIPLIER, TAG_ORIGIN_PROJECT,
+    TAG_ORIGIN_RUN,
     TAG_ORIGIN_URI, TAG_PARENT, TAG_SOURCE_VERSION, TAG_USER, experiment_name as _experiment_name,
     search_value, tag_plan,
 )
@@ -182,7 +184,7 @@ class MlflowSink(Sink):
 
     def claim_dir(self) -> Path | None:
         """Beside a SQLite store or a file store (every process on this machine takes turns);
-        for a server or a database, per user on this machine (other machines: `_claim`)."""
+        for a server or a database, per user on this machine (other machines: `_settle`)."""
         store = self.tracking.local_store
         if store is not None:
             from .client import store_lock_dir
@@ -254,9 +256,11 @@ class MlflowSink(Sink):
             return ModelWriter(self, plan, resume)
         eid, known = self._lookup(origin, create_experiment=True)
         assert eid is not None
-        if resume is None and known is None:
+        if resume is None and known is None and not claims_available():
             # The cache may be older than a run another process created: ask once more, for
-            # this run only, so that one origin never gets two MLflow runs.
+            # this run only, so that one origin never gets two MLflow runs.  Where claims are
+            # taken, the pipeline asks again itself when another process of this machine wrote
+            # the run meanwhile (core/claims.py), and `_settle` covers other machines.
             known = self.search(eid, origin.uri, origin.run_id).get((origin.project_id, origin.run_id))
             if known is not None:
                 self.remember(eid, origin, known)
@@ -339,6 +343,16 @@ class MlflowSink(Sink):
             with self._lock:
                 self._pending_parents.pop(child, None)
 
+    def runs_in_flight(self, workers: int) -> int:
+        """Against a server, twice `--workers` runs at once while their requests still go
+        `--workers` at a time (Tracking.limit_requests): a small run is mostly round trips
+        (create; end, manifest and the claim's look; data with the mark; the second look), and
+        other runs' requests fill the server while one run waits for an answer."""
+        if not self.tracking.is_server:
+            return workers
+        self.tracking.limit_requests(workers)
+        return 2 * workers
+
     def request_pool(self) -> tuple[ThreadPoolExecutor, int]:
         """The one pool every run's requests share: `--workers` requests in flight to the
         store, however many runs are open (runs and requests spread over the same workers)."""
@@ -410,6 +424,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
         self._point_index: dict[str, PointIndex] = {}
         self._fixes: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._resumed = False
+        self._manifest_tag = False   # a resumed run holds its manifest in TAG_MANIFEST
         self._resumed_metrics: set[str] = set()
         self._rename = False
         self._n_local = 0
@@ -426,6 +441,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
             with errors(self.project_id, self.source_run):
                 fn(*args)
         return call
+
 
     def _submit(self, fn: Callable, *args) -> None:
         self._futures.add(self._pool.submit(self._guard(fn, *args)))
@@ -534,7 +550,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
         tags = run.data.tags
         if run.info.lifecycle_stage != "active":
             # A search never offers a deleted run: this one was deleted since it was found, by a
-            # concurrent writer of the same origin that lost its claim (_claim). Look again.
+            # concurrent writer of the same origin that gave way (_settle). Look again.
             self.sink.forget(self.origin)
             deleted = TransientError(f"run {self.project_id}/{self.source_run}: MLflow run {run_id} was "
                                      f"deleted by a concurrent writer after it was found; looking again")
@@ -553,6 +569,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
         self.run_id = run_id
         self._resumed = True
         self._existing_params = dict(run.data.params)
+        self._manifest_tag = TAG_MANIFEST in tags
         if tags.get(TAG_COMPLETE) is not None:
             # Rewriting a complete run: it is not complete again until this commit.
             with errors(self.project_id, self.source_run):
@@ -888,21 +905,28 @@ class MlflowRunWriter(RunScoped, RunWriter):
                 keep = (fix_values == 0) | entry.float_max
                 entry.fixes = [list(f) for f in zip(fix_steps[keep].tolist(), fix_ts[keep].tolist(),
                                                     fix_texts(fix_values[keep]))]
-            manifest = self._tmp / "attributes.json"
-            manifest.write_text(self.manifest.dumps(), encoding="utf-8")
-            # The manifest and the run's end go out with the last data requests (nothing reads
-            # them before the mark); only the completion mark waits for every answer.
-            self._upload_internal(manifest, MANIFEST_PATH)
-            self._log_dataset_inputs()
-            self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
-                         self._new_name())
             marks = [RunTag(TAG_COMPLETE, "true")]
             if self.plan.source_version is not None:
                 marks.insert(0, RunTag(TAG_SOURCE_VERSION, self.plan.source_version))
+            text = self.manifest.dumps()
+            if len(text) <= MAX_TAG_LENGTH:
+                # A small manifest rides in the completion mark's request (one request fewer
+                # per run); a bigger one is an artifact, which goes out with the last data
+                # requests (nothing reads it before the mark).
+                marks.insert(0, RunTag(TAG_MANIFEST, text))
+            else:
+                manifest = self._tmp / "attributes.json"
+                manifest.write_text(text, encoding="utf-8")
+                self._upload_internal(manifest, MANIFEST_PATH)
+                if self._manifest_tag:   # a resumed run's older, smaller manifest
+                    self._submit(self.tracking.delete_tag, self.run_id, TAG_MANIFEST)
+            self._log_dataset_inputs()
+            # The run's end also goes out with the last data; only the mark waits for every answer.
+            self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
+                         self._new_name())
             if not self._held.fits(tags=len(marks), size=sum(entry_size(t.key, t.value) for t in marks)):
                 self._send_held()
             self._drain()
-            self._claim()
             with errors(self.project_id, self.source_run):
                 # The last held data, the source version and the completion mark go in one
                 # request once every other answer is in.  That is safe because MLflow's
@@ -935,33 +959,19 @@ class MlflowRunWriter(RunScoped, RunWriter):
         if inputs:
             self._submit(self.tracking.log_dataset_inputs, self.run_id, inputs)
 
-    def _claim(self) -> None:
-        """Before the completion mark, against a server or a database other machines may write
-        too (a local store is claimed by a lock, core/claims.py): is ours the one run of this
-        origin?  Another writer's run wins when it is complete, or partial with a lower run id;
-        then ours is deleted and the run is retried, resuming (or skipping) the winner.  Both
-        sides decide on what the store holds at that moment, so of writers that check while the
-        others' runs exist exactly one goes on; docs/reliability.md says what remains."""
+    def _settle(self) -> None:
+        """Right after the completion mark, against a server or a database other machines may
+        write too (a local store is claimed by a lock, core/claims.py): is ours the one run of
+        this origin?  Another writer's run wins when it is complete, or partial with a lower run
+        id; then ours is deleted and the run is retried, skipping (or resuming) the winner.  Of
+        two complete runs, the writer that looks later sees the other complete (it was marked
+        before the earlier look), so two never both stay; at worst both give way and the run is
+        written again (docs/reliability.md, "MLflow across machines")."""
         if self.tracking.local_store is not None:
             return
         runs = self._origin_runs()
         winner = next((k for k in sorted(runs, key=lambda k: (not k.complete, k.run_id))
                        if k.run_id != self.run_id and (k.complete or k.run_id < self.run_id)), None)
-        if winner is not None:
-            self._give_way(winner)
-
-    def _settle(self) -> None:
-        """After the completion mark, against a server or a database: a run of this origin with
-        a lower id wins over ours.  Its writer created it after our `_claim` looked and may have
-        passed its own `_claim` while ours was still partial (ours had the higher id), so both
-        would end complete; ours, complete like it, is deleted and the run is retried, skipping
-        (or resuming) that one.  A writer that creates its run after this look meets ours
-        complete in its `_claim` and gives way (docs/reliability.md, "MLflow across machines")."""
-        if self.tracking.local_store is not None:
-            return
-        runs = self._origin_runs()
-        winner = min((k for k in runs if k.run_id != self.run_id and k.run_id < self.run_id),
-                     key=lambda k: k.run_id, default=None)
         if winner is not None:
             self._give_way(winner)
 

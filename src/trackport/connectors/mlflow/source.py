@@ -51,7 +51,7 @@ from .models_source import ModelLocator, ModelReader
 from .registry import is_registry_project
 from .registry_source import RegistryLocator, RegistryReader
 from .tags import (
-    RESERVED_TAGS, TAG_NOTE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_PARENT, TRACKPORT_TAG_PREFIX,
+    RESERVED_TAGS, TAG_MANIFEST, TAG_NOTE, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_PARENT, TRACKPORT_TAG_PREFIX,
     search_value,
 )
 from .values import datetime_from_ms, param_value
@@ -260,7 +260,8 @@ class MlflowSource(Source):
                 return self._manifests[run_id]
         manifest = None
         if TAG_ORIGIN_RUN in run.data.tags:
-            text = self._read_text(run, MANIFEST_PATH, missing_ok=True)
+            # A small manifest is a tag, a bigger one an artifact (sink.py, commit).
+            text = run.data.tags.get(TAG_MANIFEST) or self._read_text(run, MANIFEST_PATH, missing_ok=True)
             if text is not None:
                 try:
                     manifest = Manifest.loads(text)

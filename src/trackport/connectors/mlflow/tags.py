@@ -24,6 +24,9 @@ TAG_COMPLETE = "trackport.complete"
 TAG_SOURCE_VERSION = "trackport.source_version"   # the source's run_version when completed
 TAG_FORK_PARENT = "trackport.fork.parent_run_id"
 TAG_FORK_STEP = "trackport.fork.step"
+# The manifest (manifest.py) itself, when its JSON fits one tag value; else the artifact
+# trackport/attributes.json holds it and this tag is absent.
+TAG_MANIFEST = "trackport.attributes"
 TRACKPORT_TAG_PREFIX = "trackport."
 
 # MLflow system tags mapped to run fields.
