@@ -19,6 +19,10 @@ in the same invocation, and reports the ratio:
              (the copy of the sqlite path above, same data; the target ratio is 20)
     inspect  `trackport inspect` of the export    rows/s
 
+Every rate is over the whole process, from its start to its exit (interpreter, imports,
+store set-up, listing, every run): the cases small-4 and small-200 (60,000 points in 4 or
+200 runs, with files and series) are where those fixed costs weigh most.
+
 Peak memory is the child's own peak RSS (`VmHWM`), and the CLI start time the
 median of `trackport --help`, as run here and with other packages' site hooks
 skipped (see `startup`), next to the memory floors of the interpreter, pyarrow

@@ -51,6 +51,10 @@ def workloads(scale: str) -> list[Workload]:
         Workload("many-runs", runs=2_000, metrics=5, steps=6, extras=False),
         Workload("long-1M", runs=1, metrics=1, steps=1_000_000, extras=False),
         Workload("long-10M", runs=1, metrics=1, steps=10_000_000, extras=False),
+        # Small real migrations, where fixed per-command and per-run costs weigh most (issue 22:
+        # a 60,000-point export of 4 runs; the same points over 200 runs).
+        Workload("small-4", runs=4, metrics=5, steps=3_000),
+        Workload("small-200", runs=200, metrics=5, steps=60),
     ]
     if scale == "full":
         return full
