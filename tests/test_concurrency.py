@@ -308,3 +308,34 @@ def test_interrupted_sqlite_creation_is_cleaned_by_the_next_command(small_source
     assert sorted(p.name for p in db.parent.glob(f".{db.name}.*.creating*")) == []
     assert not list(db.parent.glob(f"{db.name}-journal"))
     _verify_clean(src, f"mlflow:sqlite:///{db}")
+
+
+def test_a_claim_says_whether_another_process_wrote_the_run_since_this_one_started(tmp_path):
+    """What lets a sink trust what it learnt at the start (and skip a search before creating
+    a run): the lock file records its last holder and whether it let go; only a holder that let
+    go after `since`, or one that died holding the claim, makes the run 'written meanwhile'."""
+    from trackport.core.claims import OriginClaims
+    from trackport.core.model import Origin
+
+    claims = OriginClaims(tmp_path / "locks")
+    origin = Origin("parquet:/x", "p", "R-1")
+    started = time.time()
+    with claims.hold(origin, "run R-1", started) as meanwhile:
+        assert meanwhile is False                         # nobody held it before
+    assert claims.path(origin).read_text() == f"pid {os.getpid()} released"
+    with claims.hold(origin, "run R-1", started) as meanwhile:
+        assert meanwhile is False                         # this process itself
+
+    def another(record: str, age_s: float) -> None:
+        claims.path(origin).write_text(record)
+        os.utime(claims.path(origin), (time.time() - age_s,) * 2)
+
+    another("pid 1 released", age_s=3600)                  # let go long before this process started
+    with claims.hold(origin, "run R-1", started) as meanwhile:
+        assert meanwhile is False
+    another("pid 1 released", age_s=0)                     # let go after this process started
+    with claims.hold(origin, "run R-1", started) as meanwhile:
+        assert meanwhile is True
+    another("pid 1", age_s=3600)                           # died holding it, however long ago
+    with claims.hold(origin, "run R-1", started) as meanwhile:
+        assert meanwhile is True
