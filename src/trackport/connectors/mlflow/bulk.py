@@ -339,29 +339,24 @@ class BulkStore:
         self.ensure_checked(project_id, run_id)
         return BulkRun(self, project_id, run_id)
 
-    def origin_runs(self, experiment_id: str, tag_values: dict[str, str], want: tuple[str, ...]
+    def origin_runs(self, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
                     ) -> list[tuple[str, int, dict[str, str]]]:
-        """Active runs of one experiment whose tags hold every (key, value) of `tag_values`:
-        (run_uuid, start_time, their tags named in `want`), asked of the store now.  The search
-        the SDK path makes with `search_runs` (tags.`k` = 'v' and ...), in one query."""
+        """Active runs of one experiment with tag `tag_key` = `tag_value`: (run_uuid, start_time,
+        their tags named in `want`), asked of the store now, in one query (the SDK path makes
+        this search with search_runs; the caller checks the other tags exactly)."""
         import sqlalchemy
 
         st = self._statements_ready()
         m, key = st.placeholder, st.key
-        conditions = " ".join(
-            f"AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE {key} = {m} AND value = {m})"
-            for _ in tag_values)
-        sql = (f"SELECT r.run_uuid, r.start_time, t.{key}, t.value FROM runs r JOIN tags t "
-               f"ON t.run_uuid = r.run_uuid WHERE r.experiment_id = {m} AND r.lifecycle_stage = 'active' "
-               f"{conditions} AND t.{key} IN ({', '.join([m] * len(want))})")
-        args: list = [int(experiment_id)]
-        for k, v in tag_values.items():
-            args += [k, v]
-        args += list(want)
+        sql = (f"SELECT r.run_uuid, r.start_time, t.{key}, t.value FROM tags o "
+               f"JOIN runs r ON r.run_uuid = o.run_uuid JOIN tags t ON t.run_uuid = r.run_uuid "
+               f"WHERE o.{key} = {m} AND o.value = {m} AND r.experiment_id = {m} "
+               f"AND r.lifecycle_stage = 'active' AND t.{key} IN ({', '.join([m] * len(want))})")
         found: dict[str, tuple[int, dict[str, str]]] = {}
         try:
             with self.engine.connect() as conn:
-                for run_uuid, start, k, v in conn.exec_driver_sql(sql, tuple(args)):
+                for run_uuid, start, k, v in conn.exec_driver_sql(
+                        sql, (tag_key, tag_value, int(experiment_id), *want)):
                     found.setdefault(run_uuid, (int(start or 0), {}))[1][k] = v
         except sqlalchemy.exc.OperationalError as exc:
             raise TransientError(f"MLflow store (bulk): {_reason(exc)}") from None
@@ -645,6 +640,12 @@ class BulkRun:
         self._send()
         self._submit(self._take_rest(), _Final(list(params), list(tags), status, end_time, name))
         self._wait()
+
+    def cancel(self) -> None:
+        """The run failed elsewhere: its jobs still queued write nothing; wait for the one under way."""
+        self._fail(RunError("the run was abandoned", project_id=self.project_id, run_id=self.source_run))
+        with self._done:
+            self._done.wait_for(lambda: self._pending == 0)
 
     def _wait(self) -> None:
         with self._done:

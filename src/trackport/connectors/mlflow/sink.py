@@ -148,8 +148,10 @@ class MlflowSink(Sink):
         """The search of `_search_sdk` for one run, by SQL (--mlflow-bulk: one query, no SDK call)."""
         every: dict[tuple[str, str], list[_Known]] = {}
         want = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
-        for run_uuid, start, tags in self.bulk.origin_runs(
-                experiment_id, {TAG_ORIGIN_URI: origin_uri, TAG_ORIGIN_RUN: run_id}, want):
+        for run_uuid, start, tags in self.bulk.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want):
+            # exactly, as _search_sdk (and MySQL compares the run id without case)
+            if tags.get(TAG_ORIGIN_URI) != origin_uri or tags.get(TAG_ORIGIN_RUN) != run_id:
+                continue
             key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
             every.setdefault(key, []).append(
                 _Known(run_uuid, tags.get(TAG_COMPLETE) == "true", start, tags.get(TAG_SOURCE_VERSION)))
@@ -1108,6 +1110,8 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
     def abort(self) -> None:
         self.sink.registry.settled(self.origin)
+        if self.bulk is not None:
+            self.bulk.cancel()   # its queued transactions are dropped, the one under way ends
         if self._closed:
             return
         for fut in self._futures:
