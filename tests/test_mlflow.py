@@ -936,7 +936,7 @@ def test_conformance_round_trip_server_on_a_database(kind, tmp_path):
 
     uri, drop = database(kind, "tp_srv")
     try:
-        proc, url = start_mlflow_server(tmp_path / "server", backend_store_uri=uri)
+        proc, url = start_mlflow_server(tmp_path / "server", workers=1, backend_store_uri=uri)
         try:
             conformance.round_trip(conformance.Target(f"mlflow+{url}"), tmp_path, big=False)
         finally:
