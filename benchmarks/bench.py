@@ -17,6 +17,10 @@ in the same invocation, and reports the ratio:
     export   MLflow sqlite store -> parquet       rows/s
     bulk     parquet -> sqlite:/// with --mlflow-bulk   vs trackport's SDK path into sqlite
              (the copy of the sqlite path above, same data; the target ratio is 20)
+    postgres parquet -> a fresh PostgreSQL database (127.0.0.1:5432, user postgres): trackport's
+             SDK path vs the raw store `log_batch` (another fresh database), and
+             `--mlflow-bulk` (row `postgres-bulk`) vs that SDK path; skipped, saying why,
+             when the server is unreachable
     inspect  `trackport inspect` of the export    rows/s
 
 Every rate is over the whole process, from its start to its exit (interpreter, imports,
@@ -53,7 +57,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from workloads import Workload, workloads, write_workload  # noqa: E402
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-PATHS = ("rest", "sqlite", "parquet", "export", "inspect", "bulk")
+PATHS = ("rest", "sqlite", "parquet", "export", "inspect", "bulk", "postgres")
+POSTGRES_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 # The raw reference holds every Metric object in memory: not for the 10M run.
 REFERENCE_MAX_POINTS = 2_000_000
 # Through the MLflow SDK, 10M points take hours; the long run measures memory on the parquet path.
@@ -83,7 +88,7 @@ class Measure:
     notes: list[str] = field(default_factory=list)
 
 
-def run_child(cmd: list[str], env: dict | None = None) -> Child:
+def run_child(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> Child:
     """Run `cmd`; its wall time and its own peak RSS.
 
     The peak is the child's `VmHWM`, polled from /proc while it runs: `ru_maxrss`
@@ -93,7 +98,7 @@ def run_child(cmd: list[str], env: dict | None = None) -> Child:
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
         peak_kb = 0
         status_file = f"/proc/{proc.pid}/status"
         while proc.poll() is None:
@@ -131,13 +136,72 @@ def prepare_sqlite(uri: str) -> None:
                     f"MlflowClient({uri!r})._tracking_client.store"], check=True)
 
 
-def reference(export: Path, uri: str, threads: int, experiment: str) -> tuple[float, str]:
+def reference(export: Path, uri: str, threads: int, experiment: str, cwd: Path | None = None
+              ) -> tuple[float, str]:
     """(the raw client's rate over its whole process, like trackport's; a note with its send-only ceiling)."""
     child = run_child([sys.executable, str(HERE / "raw_mlflow.py"), str(export), uri,
-                       "--threads", str(threads), "--experiment", experiment])
+                       "--threads", str(threads), "--experiment", experiment], cwd=cwd)
     result = checked(child, "raw reference")
     send_rate = result["points"] / result["seconds"]
     return result["points"] / child.seconds, f"raw send-only ceiling {send_rate:,.0f}/s"
+
+
+def postgres_database(prefix: str) -> tuple[str, object]:
+    """A fresh, uniquely named PostgreSQL database: (URI, drop()); raises OSError saying why not."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise OSError(f"PostgreSQL not reachable on 127.0.0.1:5432: {reason[0] if reason else exc}") from None
+
+    def drop() -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        engine.dispose()
+
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", drop
+
+
+def bench_postgres(w: Workload, export: Path, work: Path, threads: int, add, state) -> None:
+    """The postgres path: SDK path vs raw store, and --mlflow-bulk vs the SDK path, each into a
+    fresh database made (MLflow's migrations) outside the timed part."""
+    drops = []
+    try:
+        uris = {}
+        for tag in ("sdk", "bulk", "raw"):
+            uri, drop = postgres_database(f"tp_bench_{tag}")
+            drops.append(drop)
+            prepare_sqlite(uri)
+            uris[tag] = uri
+    except OSError as exc:
+        print(f"  {w.name:10s} postgres  skipped: {exc}", flush=True)
+        for drop in drops:
+            drop()
+        return
+    try:
+        cwd = work / f"pg-{w.name}"   # a database store's artifacts: ./mlartifacts
+        cwd.mkdir(exist_ok=True)
+        child = run_child(trackport("copy", f"parquet:{export}", f"mlflow:{uris['sdk']}", "--workers",
+                                    str(threads), *state("pg-sdk")), cwd=cwd)
+        checked(child, "trackport copy (postgres)")
+        sdk_rate = w.metric_points / child.seconds
+        ref, note = (reference(export, uris["raw"], threads, f"raw-{w.name}", cwd)
+                     if w.metric_points <= REFERENCE_MAX_POINTS else (None, None))
+        add("postgres", child, w.metric_points, ref, [note] if note else [])
+        child = run_child(trackport("copy", f"parquet:{export}", f"mlflow:{uris['bulk']}", "--mlflow-bulk",
+                                    "--workers", str(threads), *state("pg-bulk")), cwd=cwd)
+        checked(child, "trackport copy (postgres, --mlflow-bulk)")
+        add("postgres-bulk", child, w.metric_points, sdk_rate, ["reference: trackport's SDK path into postgres"])
+    finally:
+        for drop in drops:
+            drop()
 
 
 def warm_up(server: str, work: Path, threads: int) -> None:
@@ -208,6 +272,8 @@ def bench_case(w: Workload, paths: list[str], work: Path, server: str | None, th
                                     "--workers", str(threads), *state("bulk")))
         checked(child, "trackport copy (--mlflow-bulk)")
         add("bulk", child, w.metric_points, sdk_rate, ["reference: trackport's SDK path into sqlite"])
+    if "postgres" in paths and mlflow_ok:
+        bench_postgres(w, export, work, threads, add, state)
     if "parquet" in paths:
         child = run_child(trackport("copy", f"parquet:{export}", f"parquet:{work / f'copy-{w.name}'}",
                                     "--workers", str(threads), *state("parquet")))

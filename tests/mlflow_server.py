@@ -40,8 +40,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_mlflow_server(root: Path, workers: int = 2) -> tuple[subprocess.Popen, str]:
-    """Start `mlflow server` storing under `root`; return (process, base URL) once healthy."""
+def start_mlflow_server(root: Path, workers: int = 2, backend_store_uri: str | None = None
+                        ) -> tuple[subprocess.Popen, str]:
+    """Start `mlflow server` storing under `root` (runs in `backend_store_uri` when given, e.g.
+    a PostgreSQL or MySQL database, else a SQLite file there); return (process, base URL) once
+    healthy."""
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -50,7 +53,7 @@ def start_mlflow_server(root: Path, workers: int = 2) -> tuple[subprocess.Popen,
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no calls to outside hosts from tests
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'm.db'}",
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'm.db'}",
         "--artifacts-destination", str(root / "art"),
         "--host", "127.0.0.1",
         "--port", str(port),

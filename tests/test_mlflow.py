@@ -962,6 +962,27 @@ def test_conformance_round_trip(store, tmp_path, request):
     conformance.round_trip(target, tmp_path)
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_conformance_round_trip_server_on_a_database(kind, tmp_path):
+    """An MLflow server whose --backend-store-uri is a PostgreSQL / MariaDB database (MLflow
+    creating the schema): the conformance corpus (without its long runs, to keep this short)
+    round-trips through it."""
+    from databases import database
+    from mlflow_server import start_mlflow_server, stop_mlflow_server
+
+    from trackport.testing import conformance
+
+    uri, drop = database(kind, "tp_srv")
+    try:
+        proc, url = start_mlflow_server(tmp_path / "server", workers=1, backend_store_uri=uri)
+        try:
+            conformance.round_trip(conformance.Target(f"mlflow+{url}"), tmp_path, big=False)
+        finally:
+            stop_mlflow_server(proc)
+    finally:
+        drop()
+
+
 def test_dataset_inputs_and_system_metrics_from_a_canonical_run(tmp_path):
     """canonical -> MLflow: `monitoring/<name>` is metric `system/<name>`; the dataset list of
     `mlflow/inputs/datasets` becomes the run's dataset inputs, other text stays only in the

@@ -6,71 +6,130 @@ SDK path stores for the same input: the bulk path must be indistinguishable.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from databases import database
 from support import run_cli, runs_by_id
 from trackport.connectors.mlflow import bulk
 from trackport.connectors.mlflow.points import FLOAT_MAX
 from trackport.connectors.mlflow.tags import TAG_COMPLETE, TAG_ORIGIN_RUN
+from trackport.core.errors import RunError
 from trackport.testing.corpus import CorpusRun, build_corpus, rows_table, series_table
 from trackport.testing.exporter_layout import write_exporter_export
 
 
-def _client(db: Path):
+KINDS = ["sqlite", "postgresql", "mysql"]
+# Fields of a run's info that must be equal on both paths (ids and the artifact URI built from
+# the id are compared apart).
+INFO_FIELDS = ("run_name", "status", "start_time", "end_time", "lifecycle_stage", "user_id")
+
+
+def _client(uri: str | Path):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return MlflowClient(tracking_uri=uri if isinstance(uri, str) else f"sqlite:///{uri}")
+
+
+def _uri(db: str | Path) -> str:
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def _rows(db: str | Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows of a query on the store's own tables (SQLAlchemy: any of the three databases)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(_uri(db))
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql, args)]
+    finally:
+        engine.dispose()
 
 
 def _value(v: float) -> str:
     return "nan" if math.isnan(v) else repr(v)
 
 
-def _store_contents(db: Path) -> dict[str, dict]:
-    """Per origin run id: every metric's full history and the run's latest values, via MlflowClient."""
+def _store_contents(db: str | Path) -> dict[str, dict]:
+    """Per origin run id, read through MlflowClient: every metric's full history, the run's latest
+    values, its info, tags and params (run ids replaced by the origin run id they belong to)."""
     client = _client(db)
-    out = {}
+    out, ids = {}, {}
+    runs = []
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], max_results=1000):
             origin = run.data.tags.get(TAG_ORIGIN_RUN)
             if origin is None:
                 continue
-            full = client.get_run(run.info.run_id)
-            histories = {key: sorted((m.step, m.timestamp, _value(m.value))
-                                     for m in client.get_metric_history(run.info.run_id, key))
-                         for key in full.data.metrics}
-            latest = {key: _value(v) for key, v in full.data.metrics.items()}
-            out[origin] = {"histories": histories, "latest": latest,
-                           "complete": full.data.tags.get(TAG_COMPLETE)}
+            ids[run.info.run_id] = origin
+            runs.append((exp, run))
+    for exp, run in runs:
+        origin = ids[run.info.run_id]
+        full = client.get_run(run.info.run_id)
+        histories = {key: sorted((m.step, m.timestamp, _value(m.value))
+                                 for m in client.get_metric_history(run.info.run_id, key))
+                     for key in full.data.metrics}
+        latest = {key: _value(v) for key, v in full.data.metrics.items()}
+        # artifact_uri exactly as MLflow's create_run builds it
+        assert full.info.artifact_uri == f"{exp.artifact_location}/{run.info.run_id}/artifacts"
+        info = {f: getattr(full.info, f) for f in INFO_FIELDS}
+        info["experiment"] = exp.name
+        tags = {k: ids.get(v, v) for k, v in full.data.tags.items()}
+        out[origin] = {"histories": histories, "latest": latest, "complete": full.data.tags.get(TAG_COMPLETE),
+                       "info": info, "tags": tags, "params": dict(full.data.params)}
     return out
 
 
-def _metric_rows(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+def _metric_rows(db: str | Path) -> int:
+    return _rows(db, "SELECT COUNT(*) FROM metrics")[0][0]
 
 
-def _latest_rows(db: Path) -> dict[tuple[str, str], tuple]:
+def _latest_rows(db: str | Path) -> dict[tuple[str, str], tuple]:
     """latest_metrics as stored (value, timestamp, step, is_nan), by (origin run id, key)."""
-    with sqlite3.connect(db) as conn:
-        return {(origin, key): (repr(value), ts, step, is_nan) for origin, key, value, ts, step, is_nan in
-                conn.execute("SELECT t.value, l.key, l.value, l.timestamp, l.step, l.is_nan "
-                             "FROM latest_metrics l JOIN tags t ON t.run_uuid = l.run_uuid "
-                             "AND t.key = ?", (TAG_ORIGIN_RUN,))}
+    quote = "`" if _uri(db).startswith("mysql") else '"'
+    return {(origin, key): (repr(value), ts, step, bool(is_nan)) for origin, key, value, ts, step, is_nan in
+            _rows(db, f"SELECT t.value, l.{quote}key{quote}, l.value, l.timestamp, l.step, l.is_nan "
+                      f"FROM latest_metrics l JOIN tags t ON t.run_uuid = l.run_uuid "
+                      f"AND t.{quote}key{quote} = '{TAG_ORIGIN_RUN}'")}
 
 
-def _new_store(db: Path) -> str:
+def _new_store(db: str | Path) -> str:
     """An empty MLflow store made by MLflow itself (its migrations, at its head revision)."""
-    uri = f"sqlite:///{db}"
     _client(db)._tracking_client.store  # noqa: B018 - creating the store is the point
-    return uri
+    return _uri(db)
+
+
+@pytest.fixture
+def store(request, tmp_path, monkeypatch):
+    """A new, empty database URI of the kind the test is parametrized with (`kind`): a SQLite
+    file, or a uniquely named database on the local PostgreSQL / MariaDB server (skipped with
+    the reason when that server is unreachable), dropped afterwards."""
+    uris, drops = [], []
+    monkeypatch.chdir(tmp_path)   # a server database's artifacts: ./mlartifacts
+
+    def make(kind: str, name: str = "m") -> str:
+        if kind == "sqlite":
+            uri = f"sqlite:///{tmp_path / f'{name}.db'}"
+        else:
+            uri, drop = database(kind, "tp_bulk")
+            drops.append(drop)
+        uris.append(uri)
+        return uri
+
+    yield make
+    for drop in drops:
+        drop()
 
 
 # ---------------------------------------------------------------------------
@@ -82,58 +141,92 @@ def corpus():
     return build_corpus(big=True)
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory, corpus):
-    """The conformance corpus copied into one store with --mlflow-bulk and into another through the SDK."""
-    tmp = tmp_path_factory.mktemp("bulk-corpus")
+@pytest.fixture(scope="module", params=KINDS)
+def loaded(request, tmp_path_factory, corpus):
+    """The conformance corpus copied into one store with --mlflow-bulk and into another through the
+    SDK (the big corpus on SQLite; on the server databases the corpus without its 100,000-point
+    runs, to keep each case well under a minute)."""
+    kind = request.param
+    tmp = tmp_path_factory.mktemp(f"bulk-corpus-{kind}")
+    runs = corpus if kind == "sqlite" else build_corpus(big=False)
     src = tmp / "export"
-    write_exporter_export(src, corpus, part_rows=30_000)
-    reports = {}
-    for name, extra in (("bulk", ["--mlflow-bulk"]), ("sdk", [])):
-        code, report, out = run_cli("copy", str(src), f"mlflow:sqlite:///{tmp / f'{name}.db'}", *extra,
-                                    "--state-dir", str(tmp / f"state-{name}"))
-        assert code == 0, out
-        reports[name] = report
-    return tmp, src, reports
+    write_exporter_export(src, runs, part_rows=30_000)
+    reports, uris, drops = {}, {}, []
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp)
+            for name, extra in (("bulk", ["--mlflow-bulk"]), ("sdk", [])):
+                if kind == "sqlite":
+                    uri = f"sqlite:///{tmp / f'{name}.db'}"
+                else:
+                    uri, drop = database(kind, "tp_bulk")
+                    drops.append(drop)
+                uris[name] = uri
+                code, report, out = run_cli("copy", str(src), f"mlflow:{uri}", *extra,
+                                            "--state-dir", str(tmp / f"state-{name}"))
+                assert code == 0, out
+                reports[name] = report
+            yield kind, tmp, src, reports, uris, runs
+    finally:
+        for drop in drops:
+            drop()
 
 
-def test_bulk_load_reads_back_exactly_as_the_sdk_path(loaded, corpus):
-    tmp, src, reports = loaded
-    bulk_db, sdk_db = tmp / "bulk.db", tmp / "sdk.db"
-    dest = f"mlflow:sqlite:///{bulk_db}"
+def test_bulk_load_reads_back_exactly_as_the_sdk_path(loaded):
+    kind, tmp, src, reports, uris, corpus = loaded
+    bulk_db, sdk_db = uris["bulk"], uris["sdk"]
+    dest = f"mlflow:{bulk_db}"
     assert reports["bulk"]["totals"]["moved"] == len(corpus)
     # the same counts and the same declared transformations as the SDK path
     for field in ("points", "params", "files", "transformations", "drops"):
         assert reports["bulk"]["totals"][field] == reports["sdk"]["totals"][field], field
     assert reports["bulk"]["totals"]["transformations"]["inf_to_float_max"] > 0
 
-    code, report, out = run_cli("verify", str(src), dest, "--mlflow-bulk")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        code, report, out = run_cli("verify", str(src), dest, "--mlflow-bulk")
     assert code == 0, out
     assert report["totals"]["verified"] == len(corpus)
 
     got, want = _store_contents(bulk_db), _store_contents(sdk_db)
     assert sorted(got) == sorted(r.run_id for r in corpus)
+    # field by field: run info, tags, params, metric histories and latest values; a run with no
+    # time at all starts "now" (MLflow's create_run), so its start time is the load's on each path
+    for run in corpus:
+        if run.case == "empty":
+            assert abs(got[run.run_id]["info"].pop("start_time") - want[run.run_id]["info"].pop("start_time")) \
+                < 600_000
+    for origin in want:
+        for part in ("info", "tags", "params", "latest", "histories", "complete"):
+            assert got[origin][part] == want[origin][part], (origin, part)
     assert got == want
-    # the comparison covers the hard values: NaN, +-inf as +-float max, big steps, many points
+    assert any(run["params"] for run in got.values()) and any(len(run["tags"]) > 6 for run in got.values())
+    # the comparison covers the hard values: NaN, +-inf as +-float max, big steps
     values = {v for run in got.values() for h in run["histories"].values() for _, _, v in h}
     assert {"nan", repr(FLOAT_MAX), repr(-FLOAT_MAX)} <= values
     assert max(s for run in got.values() for h in run["histories"].values() for s, _, _ in h) > 2**31
-    assert max(len(h) for run in got.values() for h in run["histories"].values()) >= 100_000
+    if kind == "sqlite":   # and many points
+        assert max(len(h) for run in got.values() for h in run["histories"].values()) >= 100_000
     assert all(run["complete"] == "true" for run in got.values())
     # the table rows themselves, not only what the client shows
     assert _metric_rows(bulk_db) == _metric_rows(sdk_db)
     assert _latest_rows(bulk_db) == _latest_rows(sdk_db) and len(_latest_rows(bulk_db)) > 10
+    for table in ("params", "tags"):
+        count = f"SELECT COUNT(*) FROM {table}"
+        assert _rows(bulk_db, count) == _rows(sdk_db, count), table
 
 
-def test_rerun_skips_and_adds_nothing(loaded, corpus):
-    tmp, src, _ = loaded
-    db = tmp / "bulk.db"
-    before = _metric_rows(db)
-    code, report, out = run_cli("copy", str(src), f"mlflow:sqlite:///{db}", "--mlflow-bulk",
-                                "--state-dir", str(tmp / "state-bulk"))
+def test_rerun_skips_and_adds_nothing(loaded):
+    kind, tmp, src, _, uris, corpus = loaded
+    db = uris["bulk"]
+    before = _metric_rows(db), _rows(db, "SELECT COUNT(*) FROM runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        code, report, out = run_cli("copy", str(src), f"mlflow:{db}", "--mlflow-bulk",
+                                    "--state-dir", str(tmp / "state-bulk-again"))
     assert code == 0, out
     assert report["totals"]["skipped"] == len(corpus)
-    assert _metric_rows(db) == before
+    assert (_metric_rows(db), _rows(db, "SELECT COUNT(*) FROM runs")) == before
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +278,8 @@ def test_tables_match_mlflow_store_on_ties_duplicates_and_special_values(tmp_pat
     assert latest["d"] == ("d", -1.0, 0, -3, 0)
 
 
-def test_partial_run_is_repaired_without_duplicates(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_partial_run_is_repaired_without_duplicates(kind, store, tmp_path, monkeypatch):
     """A run that fails after some bulk transactions is finished by the next load, each point once."""
     monkeypatch.setattr(bulk, "FLUSH_ROWS", 1_000)     # several transactions in this small run
     project, run_id, n = "bulk/partial", "PART-1", 4_000
@@ -203,8 +297,8 @@ def test_partial_run_is_repaired_without_duplicates(tmp_path, monkeypatch):
     src = tmp_path / "export"
     write_exporter_export(src, [CorpusRun(project, run_id, pa.concat_tables(head + [bad]), {}, "partial")],
                           part_rows=1_000)
-    db = tmp_path / "dest.db"
-    dest = f"mlflow:sqlite:///{db}"
+    db = store(kind)
+    dest = f"mlflow:{db}"
 
     code, report, out = run_cli("copy", str(src), dest, "--mlflow-bulk")
     assert code != 0
@@ -223,6 +317,8 @@ def test_partial_run_is_repaired_without_duplicates(tmp_path, monkeypatch):
     assert _metric_rows(db) == 2 * n
     repaired = _store_contents(db)[run_id]
     assert repaired["complete"] == "true"
+    assert repaired["params"] == {"config/lr": "0.1"} and repaired["info"]["run_name"] == "partial"
+    assert _rows(db, "SELECT COUNT(*) FROM runs") == [(1,)]
     assert {k: len(h) for k, h in repaired["histories"].items()} == {"train/loss": n, "train/acc": n}
     assert repaired["latest"]["train/loss"] == repr(0.0)
     code, report, out = run_cli("verify", str(src), dest, "--mlflow-bulk")
@@ -251,7 +347,68 @@ def test_a_store_error_fails_that_run_only(tmp_path):
     assert "boom refused by the store" in by_run["BAD-1"]["error"]
     contents = _store_contents(db)
     assert contents["GOOD-1"]["complete"] == "true" and len(contents["GOOD-1"]["histories"]["train/loss"]) == n
-    assert contents["BAD-1"]["complete"] is None and not contents["BAD-1"]["histories"]
+    # a small run is written in one transaction: refused, it leaves nothing behind
+    assert "BAD-1" not in contents
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_processes_at_once_load_each_run_exactly_once(kind, store, tmp_path):
+    """Two `copy --mlflow-bulk` processes of one export into one store at the same time: each run
+    ends in the store once, complete (SQLite: the claims lock; server databases: _claim/_settle)."""
+    project, n_runs = "bulk/race", 24
+    runs = []
+    for i in range(n_runs):
+        run_id = f"RACE-{i}"
+        steps = np.arange(200, dtype=np.int64)
+        runs.append(CorpusRun(project, run_id, pa.concat_tables([
+            rows_table(project, run_id, [{"path": "sys/name", "type": "string", "value": run_id},
+                                         {"path": "config/i", "type": "int", "value": i}]),
+            series_table(project, run_id, "train/loss", "float_series", np.linspace(1, 0, 200), steps,
+                         1_700_000_000_000 + steps)]), {}, run_id))
+    src = tmp_path / "export"
+    write_exporter_export(src, runs)
+    db = store(kind)
+    _new_store(db)   # made once by MLflow, so that both processes meet the same schema
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(bulk.__file__).parents[3]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-m", "trackport", "copy", str(src), f"mlflow:{db}",
+                               "--mlflow-bulk", "--json", "--no-progress", "--workers", "2",
+                               "--state-dir", str(tmp_path / f"state-{i}")],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    reports = [json.loads(out) for out, _ in outs]
+    statuses = [runs_by_id(r) for r in reports]
+    for run in runs:   # each run moved (or repaired) by one process at least; skipped or moved by the other
+        got = {s[run.run_id]["status"] for s in statuses}
+        assert got & {"moved", "repaired"} and got <= {"moved", "repaired", "skipped"}, (run.run_id, got)
+    active = _rows(db, "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                       f"WHERE r.lifecycle_stage = 'active' AND t.{'`key`' if kind == 'mysql' else 'key'} = "
+                       f"'{TAG_ORIGIN_RUN}'")
+    assert sorted(v for (v,) in active) == sorted(r.run_id for r in runs)
+    contents = _store_contents(db)
+    assert all(c["complete"] == "true" and len(c["histories"]["train/loss"]) == 200 for c in contents.values())
+    assert _metric_rows(db) >= n_runs * 200
+
+
+def test_a_changed_param_is_refused_as_mlflow_refuses_it(tmp_path):
+    """MLflow's _log_params: a param stored with another value fails the run (nothing written)."""
+    db = tmp_path / "p.db"
+    _new_store(db)
+    client = _client(db)
+    run_uuid = client.create_run(client.create_experiment("e")).info.run_id
+    client.log_param(run_uuid, "lr", "0.1")
+    writer = bulk.BulkStore(f"sqlite:///{db}", "test store", db)
+    run = writer.run("p", "r")
+    run.existing(run_uuid)
+    with pytest.raises(RunError, match="Changing param values is not allowed"):
+        run.commit([("lr", "0.2"), ("new", "1")], [("trackport.complete", "true")], "FINISHED", 5, None)
+    writer.close()
+    got = client.get_run(run_uuid)
+    assert got.data.params == {"lr": "0.1"} and "trackport.complete" not in got.data.tags
+    assert got.info.status == "RUNNING"
 
 
 # ---------------------------------------------------------------------------

@@ -13,12 +13,12 @@ import json
 import shutil
 import sqlite3
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
+from databases import database
 from mlflow_server import start_mlflow_server, stop_mlflow_server
 from old_mlflow import OLD_REVISION, run_old_mlflow, write_old_stores
 from support import read_plain_export, run_cli, runs_by_id
@@ -87,31 +87,6 @@ def test_old_sqlite_store_is_read_from_an_upgraded_private_copy(old_stores, tmp_
     assert _singles(tables[sq["unnamed"]])["sys/name"] == ""
 
 
-def _database(kind: str):
-    """A uniquely named, empty database on the local server; (SQLAlchemy URI, drop())."""
-    import sqlalchemy
-
-    name = f"tp_src_{uuid.uuid4().hex[:10]}"
-    admin = {"postgresql": "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
-             "mysql": "mysql+pymysql://root@127.0.0.1:3306/"}[kind]
-    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    uri = {"postgresql": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
-           "mysql": f"mysql+pymysql://root@127.0.0.1:3306/{name}"}[kind]
-
-    def drop():
-        sqlalchemy.create_engine(uri).dispose()
-        with engine.connect() as conn:
-            if kind == "postgresql":
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            else:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        engine.dispose()
-
-    return uri, drop
-
-
 @pytest.mark.parametrize("kind", ["postgresql", "mysql"])
 def test_server_database_at_an_older_revision_is_refused_and_left_alone(kind, tmp_path):
     import sqlalchemy
@@ -119,7 +94,7 @@ def test_server_database_at_an_older_revision_is_refused_and_left_alone(kind, tm
     from mlflow.store.db.utils import _get_alembic_config
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 
-    uri, drop = _database(kind)
+    uri, drop = database(kind, "tp_src")
     try:
         # MLflow's own migrations build the schema MLflow 1.30 had.
         engine = sqlalchemy.create_engine(uri)

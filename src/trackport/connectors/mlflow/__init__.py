@@ -38,9 +38,9 @@ SPEC = ConnectorSpec(
         ConnectorOption("--mlflow-experiment",
                         "MLflow experiment name template (default '{project}')."),
         ConnectorOption("--mlflow-bulk", "MLflow database destination (sqlite:///, "
-                        "postgresql://, mysql://): write metric points straight into "
-                        "MLflow's tables in large transactions (checked schema "
-                        "revisions only).", "flag"),
+                        "postgresql://, mysql://): write runs (rows, tags, params, metric "
+                        "points) straight into MLflow's tables in large transactions "
+                        "(checked schema revisions only).", "flag"),
         ConnectorOption("--mlflow-artifacts-root", "MLflow source read directly (SQLite, "
                         "database, ./mlruns) whose runs were logged through a tracking "
                         "server (artifact URIs mlflow-artifacts:/...): the server's "

@@ -1,12 +1,31 @@
-"""`--mlflow-bulk`: metric points go straight into an MLflow SQL store's tables.
+"""`--mlflow-bulk`: a run's rows go straight into an MLflow SQL store's tables.
 
-Everything else of a run (creation, params, tags, artifacts, the completion
-mark) stays on the SDK path of sink.py; the writer prepares the metric points
-exactly as for the SDK (keys, int64 steps, filled timestamps, counted
-transformations, points already there on resume left out) and hands them to
-`BulkRun.add` instead of building `Metric` objects.  Rows are buffered as
-arrays and written `FLUSH_ROWS` at a time, each flush one transaction that
-inserts into `metrics` and brings `latest_metrics` up to date.
+The writer of sink.py prepares everything exactly as for the SDK (keys, int64
+steps, filled timestamps, counted transformations, points already there on
+resume left out, params and tags checked by MLflow's own validators) and hands
+it to a `BulkRun` instead of the SDK: the run's row (`runs`) and its first
+tags, its params (`params`), its tags (`tags`), its metric points (`metrics`,
+`latest_metrics`), its end (status, end time, name) and the completion mark.
+Points are buffered as arrays; a run with more than `FLUSH_ROWS` points writes
+them `FLUSH_ROWS` at a time (the first such transaction also creates the run's
+row), and everything else of the run, the completion mark included, goes in
+its last transaction: the mark never lands without the data.  Small runs
+committing at the same time share one transaction (`GROUP_ROWS`); should such
+a group fail, each of its runs is written again alone, so one bad run never
+fails another.  Artifacts (files, the manifest) still go to the artifact store
+through MLflow's artifact repositories, dataset inputs through the SDK.
+
+A run's row mirrors MLflow's own `SqlAlchemyStore.create_run`
+(mlflow/store/tracking/sqlalchemy_store.py): run_uuid `uuid.uuid4().hex`,
+status RUNNING, source_type UNKNOWN, source_name, entry_point_name and
+source_version "", lifecycle_stage "active", end_time and deleted_time NULL,
+artifact_uri = `append_to_uri_path(experiment.artifact_location, run_uuid,
+"artifacts")`, user_id the `mlflow.user` tag or "unknown"
+(`TrackingServiceClient.create_run`), and a `mlflow.runName` tag; the end is
+MLflow's `update_run_info` (status; end_time when known; name and the
+`mlflow.runName` tag when renamed).  Params are MLflow's `_log_params`: one
+already stored with the same value is left alone, with another value it is an
+error naming the run; tags are `_set_tags`: inserted or overwritten.
 
 What is written is what MLflow's own SQL store writes for the same points
 (mlflow/store/tracking/sqlalchemy_store.py `sanitize_metric_value`,
@@ -21,8 +40,9 @@ mlflow/store/tracking/dbmodels/models.py `SqlMetric`, `SqlLatestMetric`):
   greater in (step, timestamp, stored value); on a tie the earlier point stays.
 
 The tables' layout is checked through the store's schema revision
-(`alembic_version.version_num`) and the metrics table's primary key before
-anything is written; an unknown revision is refused.
+(`alembic_version.version_num`) and the primary keys of every table written
+(`runs`, `tags`, `params`, `metrics`, `latest_metrics`) before anything is
+written; an unknown revision is refused.
 
 This module imports SQLAlchemy (MLflow's own dependency), never the MLflow SDK.
 """
@@ -32,6 +52,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +66,9 @@ from .points import FLOAT_MAX
 
 log = logging.getLogger(__name__)
 
-# Schema revisions whose `metrics` and `latest_metrics` tables were checked to be the ones
-# this module writes: the head of mlflow 3.17.2 (dc11669786a5) and every revision back to
-# a5b4c3d2e1f0, the last migration that touched either table (it added the index
+# Schema revisions whose `runs`, `tags`, `params`, `metrics` and `latest_metrics` tables were
+# checked to be the ones this module writes: the head of mlflow 3.17.2 (dc11669786a5) and every
+# revision back to a5b4c3d2e1f0, the last migration that touched any of them (it added the index
 # metrics(run_uuid, key, step)); the migrations in between (mlflow/store/db_migrations/versions/)
 # change other tables only.  MLflow 3.17 itself opens only its head revision.
 SUPPORTED_REVISIONS = (
@@ -68,11 +90,26 @@ SUPPORTED_REVISIONS = (
 )
 METRIC_COLUMNS = ("key", "value", "timestamp", "run_uuid", "step", "is_nan")
 LATEST_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+RUN_COLUMNS = ("run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
+               "start_time", "end_time", "deleted_time", "source_version", "lifecycle_stage",
+               "artifact_uri", "experiment_id")
+# The primary key of every table written, as mlflow/store/tracking/dbmodels/models.py declares it.
+PRIMARY_KEYS = {
+    "runs": {"run_uuid"},
+    "tags": {"key", "run_uuid"},
+    "params": {"key", "run_uuid"},
+    "metrics": set(METRIC_COLUMNS),
+    "latest_metrics": {"key", "run_uuid"},
+}
 # Points per transaction (one executemany).  Bigger amortises the commit; smaller keeps the
 # SQLite write lock short for the SDK calls of other runs (they wait at most 5 s for it).
 FLUSH_ROWS = 100_000
-# Chunks waiting for the writer thread: bounds the memory a fast reader can fill.
-QUEUE_CHUNKS = 2
+# Jobs waiting for the writer thread: bounds the memory a fast reader can fill (a job holds
+# at most FLUSH_ROWS points).
+QUEUE_CHUNKS = 8
+# Jobs of several runs taken into one transaction while their points stay under this many.
+GROUP_ROWS = 20_000
+GROUP_JOBS = 64
 IDLE_SECONDS = 1.0
 # Keys per `IN (...)` query on latest_metrics (MLflow uses 500 too).
 KEYS_PER_QUERY = 500
@@ -87,7 +124,13 @@ class _Statements:
     select_latest: str          # format with {keys}: the placeholders of one key batch
     insert_latest: str
     update_latest: str
+    insert_run: str
+    insert_tags: str             # a new run's tags
+    upsert_tags: str             # MLflow's _set_tags: insert or overwrite
+    insert_params: str
+    select_params: str           # format with {keys}
     placeholder: str
+    key: str                     # the `key` column, quoted where the dialect needs it
 
 
 def _statements(dialect: str, paramstyle: str) -> _Statements:
@@ -109,6 +152,13 @@ def _statements(dialect: str, paramstyle: str) -> _Statements:
         insert += " ON CONFLICT ON CONSTRAINT metric_pk DO NOTHING"
     else:  # mysql: a no-op update on a duplicate key (INSERT IGNORE would also hide other errors)
         insert += " ON DUPLICATE KEY UPDATE step = step"
+    tag_insert = f"INSERT INTO tags ({key}, value, run_uuid) VALUES ({marks(3)})"
+    if dialect == "sqlite":
+        tag_upsert = tag_insert + f" ON CONFLICT ({key}, run_uuid) DO UPDATE SET value = excluded.value"
+    elif dialect == "postgresql":
+        tag_upsert = tag_insert + " ON CONFLICT ON CONSTRAINT tag_pk DO UPDATE SET value = EXCLUDED.value"
+    else:
+        tag_upsert = tag_insert + " ON DUPLICATE KEY UPDATE value = VALUES(value)"
     return _Statements(
         insert_metrics=insert,
         select_latest=(f"SELECT {key}, step, timestamp, value FROM latest_metrics "
@@ -117,7 +167,13 @@ def _statements(dialect: str, paramstyle: str) -> _Statements:
                        f"VALUES ({marks(len(LATEST_COLUMNS))})"),
         update_latest=(f"UPDATE latest_metrics SET value = {mark}, timestamp = {mark}, step = {mark}, "
                        f"is_nan = {mark} WHERE run_uuid = {mark} AND {key} = {mark}"),
+        insert_run=f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({marks(len(RUN_COLUMNS))})",
+        insert_tags=tag_insert,
+        upsert_tags=tag_upsert,
+        insert_params=f"INSERT INTO params ({key}, value, run_uuid) VALUES ({marks(3)})",
+        select_params=f"SELECT {key}, value FROM params WHERE run_uuid = {mark} AND {key} IN ({{keys}})",
         placeholder=mark,
+        key=key,
     )
 
 
@@ -149,6 +205,41 @@ def latest_points(codes: np.ndarray, steps: np.ndarray, timestamps: np.ndarray,
     last = np.ones(n, dtype=bool)
     last[:-1] = sorted_codes[1:] != sorted_codes[:-1]
     return order[last]
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A new run's `runs` row, as MLflow's SqlAlchemyStore.create_run fills it (see the module doc)."""
+    run_uuid: str
+    name: str
+    experiment_id: str
+    user_id: str
+    start_time: int
+    artifact_uri: str
+
+    def values(self) -> tuple:
+        # RUN_COLUMNS order; SourceType.to_string(SourceType.UNKNOWN), RunStatus RUNNING,
+        # LifecycleStage.ACTIVE as mlflow/entities spell them
+        return (self.run_uuid, self.name, "UNKNOWN", "", "", self.user_id, "RUNNING", self.start_time, None,
+                None, "", "active", self.artifact_uri, int(self.experiment_id))
+
+
+def new_run_uuid() -> str:
+    return uuid.uuid4().hex    # SqlAlchemyStore.create_run: run_id = uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)   # mlflow.utils.time.get_current_time_millis
+
+
+@dataclass
+class _Final:
+    """The last transaction of a run: params, tags, end (status, end_time, new name)."""
+    params: list[tuple[str, str]]
+    tags: list[tuple[str, str]]
+    status: str
+    end_time: int | None
+    name: str | None
 
 
 class BulkStore:
@@ -206,8 +297,9 @@ class BulkStore:
                     raise UsageError(f"{self.display_uri} is not an MLflow store (no alembic_version "
                                      f"table); --mlflow-bulk writes only MLflow's own tables")
                 found = [r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
-                pk = inspector.get_pk_constraint("metrics") if "metrics" in tables else {}
-                latest_pk = inspector.get_pk_constraint("latest_metrics") if "latest_metrics" in tables else {}
+                keys = {table: set((inspector.get_pk_constraint(table) if table in tables else {})
+                                   .get("constrained_columns") or ())
+                        for table in PRIMARY_KEYS}
         except sqlalchemy.exc.SQLAlchemyError as exc:
             raise UsageError(f"--mlflow-bulk cannot read the schema of {self.display_uri}: "
                              f"{type(exc).__name__}: {_reason(exc)}") from None
@@ -215,16 +307,15 @@ class BulkStore:
         if revision not in SUPPORTED_REVISIONS:
             raise UsageError(
                 f"--mlflow-bulk: the MLflow store {self.display_uri} is at schema revision {revision}, "
-                f"which this trackport has not checked; it writes MLflow's metric tables only at "
+                f"which this trackport has not checked; it writes MLflow's run tables only at "
                 f"revisions {', '.join(SUPPORTED_REVISIONS)} (MLflow 3.17). Upgrade the store with "
                 f"`mlflow db upgrade <database uri>` (after a backup), or drop --mlflow-bulk to load "
                 f"through the MLflow SDK"
             )
-        want_pk = set(METRIC_COLUMNS)
-        if set(pk.get("constrained_columns") or ()) != want_pk or \
-                set(latest_pk.get("constrained_columns") or ()) != {"key", "run_uuid"}:
-            raise UsageError(f"--mlflow-bulk: the metrics tables of {self.display_uri} do not have the "
-                             f"primary keys of schema revision {revision}; drop --mlflow-bulk")
+        wrong = sorted(table for table, want in PRIMARY_KEYS.items() if keys[table] != want)
+        if wrong:
+            raise UsageError(f"--mlflow-bulk: the tables {', '.join(wrong)} of {self.display_uri} do not "
+                             f"have the primary keys of schema revision {revision}; drop --mlflow-bulk")
         self.revision = revision
         self._checked = True
         return revision
@@ -243,23 +334,52 @@ class BulkStore:
                 raise RunError(f"--mlflow-bulk: {self.display_uri} has no MLflow tables after the run "
                                f"was created", project_id=project_id, run_id=run_id)
 
-    def run(self, run_uuid: str, project_id: str, run_id: str) -> "BulkRun":
-        """The bulk writer of one MLflow run (created, and checked active, by the SDK path)."""
+    def run(self, project_id: str, run_id: str) -> "BulkRun":
+        """The bulk writer of one run (`create` a new MLflow run or `existing` one, then add to it)."""
         self.ensure_checked(project_id, run_id)
-        return BulkRun(self, run_uuid, project_id, run_id)
+        return BulkRun(self, project_id, run_id)
 
-    def submit(self, run: "BulkRun", chunk: tuple) -> None:
-        """Queue one chunk of `run` for the writer thread (blocks while QUEUE_CHUNKS are waiting)."""
+    def origin_runs(self, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
+                    ) -> list[tuple[str, int, dict[str, str]]]:
+        """Active runs of one experiment with tag `tag_key` = `tag_value`: (run_uuid, start_time,
+        their tags named in `want`), asked of the store now, in one query (the SDK path makes
+        this search with search_runs; the caller checks the other tags exactly)."""
+        import sqlalchemy
+
+        st = self._statements_ready()
+        m, key = st.placeholder, st.key
+        sql = (f"SELECT r.run_uuid, r.start_time, t.{key}, t.value FROM tags o "
+               f"JOIN runs r ON r.run_uuid = o.run_uuid JOIN tags t ON t.run_uuid = r.run_uuid "
+               f"WHERE o.{key} = {m} AND o.value = {m} AND r.experiment_id = {m} "
+               f"AND r.lifecycle_stage = 'active' AND t.{key} IN ({', '.join([m] * len(want))})")
+        found: dict[str, tuple[int, dict[str, str]]] = {}
+        try:
+            with self.engine.connect() as conn:
+                for run_uuid, start, k, v in conn.exec_driver_sql(
+                        sql, (tag_key, tag_value, int(experiment_id), *want)):
+                    found.setdefault(run_uuid, (int(start or 0), {}))[1][k] = v
+        except sqlalchemy.exc.OperationalError as exc:
+            raise TransientError(f"MLflow store (bulk): {_reason(exc)}") from None
+        return [(run_uuid, start, tags) for run_uuid, (start, tags) in found.items()]
+
+    def _statements_ready(self) -> _Statements:
+        self.engine   # noqa: B018 - makes the statements
+        assert self._statements is not None
+        return self._statements
+
+    def submit(self, run: "BulkRun", chunk: tuple | None, final: _Final | None = None) -> None:
+        """Queue one job of `run` for the writer thread (blocks while QUEUE_CHUNKS are waiting)."""
         with self._thread_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._write_loop, name="trackport-mlflow-bulk",
                                                 daemon=True)
                 self._thread.start()
             # Under the lock, so the thread cannot decide it is idle between the check and the put.
-            self._jobs.put((run, chunk))
+            self._jobs.put((run, chunk, final))
 
     def _write_loop(self) -> None:
-        """The writer thread: chunks in arrival order; it ends after IDLE_SECONDS without work."""
+        """The writer thread: jobs in arrival order, several small ones per transaction; it ends
+        after IDLE_SECONDS without work."""
         while True:
             try:
                 job = self._jobs.get(timeout=IDLE_SECONDS)
@@ -271,8 +391,49 @@ class BulkStore:
                 continue
             if job is None:
                 return
-            run, chunk = job
-            run._write(chunk)
+            group, rows, stop = [job], _job_rows(job), False
+            while rows < GROUP_ROWS and len(group) < GROUP_JOBS:
+                try:
+                    more = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+                rows += _job_rows(more)
+            self._write_group(group)
+            if stop:
+                return
+
+    def _write_group(self, group: list[tuple]) -> None:
+        """One transaction for the group; should it fail, each job again in its own, so that a
+        run the store refuses fails alone."""
+        live = []
+        for job in group:      # a run that failed already writes nothing more
+            if job[0]._error is None:
+                live.append(job)
+            else:
+                job[0]._done_one(None)
+        group = live
+        if len(group) > 1:
+            try:
+                self._transaction(group)
+            except Exception:  # noqa: BLE001 - each job is tried alone below, its error kept there
+                log.debug("a grouped bulk transaction failed; writing its runs one by one", exc_info=True)
+            else:
+                for run, _, _ in group:
+                    run._done_one(None)
+                return
+        for job in group:
+            run = job[0]
+            try:
+                if run._error is None:
+                    self._transaction([job])
+            except BaseException as exc:  # noqa: BLE001 - handed to the run's thread, raised there
+                run._done_one(exc)
+            else:
+                run._done_one(None)
 
     def close(self) -> None:
         with self._thread_lock:
@@ -286,9 +447,84 @@ class BulkStore:
 
     # -- one transaction -----------------------------------------------------------
 
+    def _transaction(self, jobs: list[tuple]) -> None:
+        """Every job of `jobs` (run, points or None, final or None) in one transaction; the runs
+        whose rows it creates are marked created once it is committed."""
+        made: list[BulkRun] = []
+        with self._lock, self.engine.begin() as conn:
+            for run, chunk, final in jobs:
+                existed = run.created or run in made
+                if not existed:
+                    self._create(conn, run)
+                    made.append(run)
+                if chunk is not None:
+                    self._metrics(conn, run.run_uuid, *chunk)
+                if final is not None:
+                    self._finish(conn, run, final, check_params=existed)
+        for run in made:
+            run.created = True
+
+    def _create(self, conn, run: "BulkRun") -> None:
+        """SqlAlchemyStore.create_run: the run's row, then its tags (their foreign key is the row)."""
+        st = self._statements
+        row = run.row
+        if row is None:
+            raise RunError("bulk: no MLflow run to write into", project_id=run.project_id, run_id=run.source_run)
+        conn.exec_driver_sql(st.insert_run, row.values())
+        if run.start_tags:
+            conn.exec_driver_sql(st.insert_tags, [(k, v, row.run_uuid) for k, v in run.start_tags])
+
+    def _finish(self, conn, run: "BulkRun", final: _Final, check_params: bool) -> None:
+        """log_batch's params and tags (SqlAlchemyStore._log_params, _set_tags), then
+        update_run_info (status, end_time, name) and the active check MLflow makes first."""
+        st = self._statements
+        run_uuid = run.run_uuid
+        params = final.params
+        if params and check_params:
+            old: dict[str, str] = {}
+            names = [k for k, _ in params]
+            for i in range(0, len(names), KEYS_PER_QUERY):
+                batch = names[i:i + KEYS_PER_QUERY]
+                sql = st.select_params.format(keys=", ".join([st.placeholder] * len(batch)))
+                old.update((k, v) for k, v in conn.exec_driver_sql(sql, (run_uuid, *batch)))
+            changed = [{"key": k, "old_value": old[k], "new_value": v} for k, v in params
+                       if k in old and old[k] != v]
+            if changed:
+                # the message of SqlAlchemyStore._log_params
+                raise RunError(f"Changing param values is not allowed. Params were already logged="
+                               f"'{changed}' for run ID='{run_uuid}'.", project_id=run.project_id,
+                               run_id=run.source_run)
+            params = [(k, v) for k, v in params if k not in old]
+        if params:
+            conn.exec_driver_sql(st.insert_params, [(k, v, run_uuid) for k, v in params])
+        tags = dict(final.tags)          # the last value of a key, as _set_tags keeps it
+        if final.name:
+            tags["mlflow.runName"] = final.name
+        if tags:
+            conn.exec_driver_sql(st.upsert_tags, [(k, v, run_uuid) for k, v in tags.items()])
+        sets, args = ["status = " + st.placeholder], [final.status]
+        if final.end_time is not None:
+            sets.append("end_time = " + st.placeholder)
+            args.append(final.end_time)
+        if final.name:
+            sets.append("name = " + st.placeholder)
+            args.append(final.name)
+        result = conn.exec_driver_sql(
+            f"UPDATE runs SET {', '.join(sets)} WHERE run_uuid = {st.placeholder} "
+            f"AND lifecycle_stage = 'active'", (*args, run_uuid))
+        if result.rowcount == 0:
+            raise RunError(f"MLflow run {run_uuid} is not active any more (deleted while it was written)",
+                           project_id=run.project_id, run_id=run.source_run)
+
     def write(self, run_uuid: str, keys: list[str], codes: np.ndarray, values: np.ndarray,
               timestamps: np.ndarray, steps: np.ndarray) -> None:
-        """Insert points (codes index `keys`) and update latest_metrics, in one transaction."""
+        """Insert points (codes index `keys`) of an existing run and update latest_metrics, in one
+        transaction."""
+        with self._lock, self.engine.begin() as conn:
+            self._metrics(conn, run_uuid, keys, codes, values, timestamps, steps)
+
+    def _metrics(self, conn, run_uuid: str, keys: list[str], codes: np.ndarray, values: np.ndarray,
+                 timestamps: np.ndarray, steps: np.ndarray) -> None:
         from itertools import repeat
 
         stored, is_nan = stored_values(values)
@@ -299,54 +535,74 @@ class BulkStore:
         candidates = {keys[codes[i]]: (int(steps[i]), int(timestamps[i]), float(stored[i]), bool(is_nan[i]))
                       for i in latest.tolist()}
         st = self._statements
-        engine = self.engine
         assert st is not None
-        with self._lock, engine.begin() as conn:
-            # The insert first: on SQLite it takes the write lock (waiting for it), so the
-            # latest_metrics read below cannot be overtaken by another writer.
-            conn.exec_driver_sql(st.insert_metrics, rows)
-            names = sorted(candidates)
-            old: dict[str, tuple] = {}
-            for i in range(0, len(names), KEYS_PER_QUERY):
-                batch = names[i:i + KEYS_PER_QUERY]
-                sql = st.select_latest.format(keys=", ".join([st.placeholder] * len(batch)))
-                for key, step, ts, value in conn.exec_driver_sql(sql, (run_uuid, *batch)):
-                    old[key] = (int(step), int(ts), float(value))
-            inserts, updates = [], []
-            for key in names:
-                step, ts, value, nan = candidates[key]
-                before = old.get(key)
-                if before is None:
-                    inserts.append((key, value, ts, step, nan, run_uuid))
-                elif (step, ts, value) > before:
-                    updates.append((value, ts, step, nan, run_uuid, key))
-            if inserts:
-                conn.exec_driver_sql(st.insert_latest, inserts)
-            if updates:
-                conn.exec_driver_sql(st.update_latest, updates)
+        # The insert first: on SQLite it takes the write lock (waiting for it), so the
+        # latest_metrics read below cannot be overtaken by another writer.
+        conn.exec_driver_sql(st.insert_metrics, rows)
+        names = sorted(candidates)
+        old: dict[str, tuple] = {}
+        for i in range(0, len(names), KEYS_PER_QUERY):
+            batch = names[i:i + KEYS_PER_QUERY]
+            sql = st.select_latest.format(keys=", ".join([st.placeholder] * len(batch)))
+            for key, step, ts, value in conn.exec_driver_sql(sql, (run_uuid, *batch)):
+                old[key] = (int(step), int(ts), float(value))
+        inserts, updates = [], []
+        for key in names:
+            step, ts, value, nan = candidates[key]
+            before = old.get(key)
+            if before is None:
+                inserts.append((key, value, ts, step, nan, run_uuid))
+            elif (step, ts, value) > before:
+                updates.append((value, ts, step, nan, run_uuid, key))
+        if inserts:
+            conn.exec_driver_sql(st.insert_latest, inserts)
+        if updates:
+            conn.exec_driver_sql(st.update_latest, updates)
+
+
+def _job_rows(job: tuple) -> int:
+    chunk = job[1]
+    return 1 + (chunk[1].size if chunk is not None else 0)
 
 
 class BulkRun:
-    """Metric points of one MLflow run, buffered as arrays and written FLUSH_ROWS at a time.
+    """One MLflow run written in bulk: its row, points buffered as arrays, its last transaction.
 
     The transactions run on the store's writer thread, so reading and preparing the next
-    points overlaps with the database work; `flush` (at commit) waits for all of them and
-    raises the first error.
+    points overlaps with the database work; `flush` and `commit` wait for all of them and
+    raise the first error.
     """
 
-    def __init__(self, store: BulkStore, run_uuid: str, project_id: str, run_id: str):
+    def __init__(self, store: BulkStore, project_id: str, run_id: str):
         self.store = store
-        self.run_uuid = run_uuid
+        self.run_uuid = ""
         self.project_id = project_id
         self.source_run = run_id
+        self.row: RunRow | None = None
+        self.start_tags: list[tuple[str, str]] = []
+        self.created = False                  # the run's row is in the store
         self.points = 0                       # points handed over (written or on their way)
         self._keys: list[str] = []
         self._key_ids: dict[str, int] = {}
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
-        self._pending = 0                     # chunks handed to the writer thread, not done yet
+        self._pending = 0                     # jobs handed to the writer thread, not done yet
         self._done = threading.Condition()
         self._error: BaseException | None = None
+
+    def create(self, row: RunRow, tags: list[tuple[str, str]]) -> None:
+        """A new MLflow run: its row and tags go with its first transaction."""
+        self.row, self.run_uuid, self.start_tags = row, row.run_uuid, list(tags)
+
+    def existing(self, run_uuid: str) -> None:
+        """An MLflow run already in the store (resumed)."""
+        self.run_uuid, self.created = run_uuid, True
+
+    def ensure_created(self) -> None:
+        """The run's row in the store now (for what other writers or the SDK must see)."""
+        if not self.created:
+            self._submit(None, None)
+            self._wait()
 
     def add(self, keys: list[str], codes: np.ndarray, values: np.ndarray, timestamps: np.ndarray,
             steps: np.ndarray) -> None:
@@ -360,7 +616,7 @@ class BulkRun:
         self._buffered += codes.size
         self.points += codes.size
         if self._buffered >= FLUSH_ROWS:
-            self._send(whole_chunks_only=True)
+            self._send()
 
     def _key_id(self, key: str) -> int:
         got = self._key_ids.get(key)
@@ -370,52 +626,80 @@ class BulkRun:
         return got
 
     def flush(self) -> None:
-        """Write everything handed over so far, and wait until it is in the store."""
-        self._send(whole_chunks_only=False)
+        """Write every point handed over so far, and wait until it is in the store."""
+        self._send()
+        rest = self._take_rest()
+        if rest is not None:
+            self._submit(rest, None)
+        self._wait()
+
+    def commit(self, params: list[tuple[str, str]], tags: list[tuple[str, str]], status: str,
+               end_time: int | None, name: str | None) -> None:
+        """The run's last transaction: the points not written yet, params, tags (the completion
+        mark among them), the end; returns once it is committed."""
+        self._send()
+        self._submit(self._take_rest(), _Final(list(params), list(tags), status, end_time, name))
+        self._wait()
+
+    def cancel(self) -> None:
+        """The run failed elsewhere: its jobs still queued write nothing; wait for the one under way."""
+        self._fail(RunError("the run was abandoned", project_id=self.project_id, run_id=self.source_run))
+        with self._done:
+            self._done.wait_for(lambda: self._pending == 0)
+
+    def _wait(self) -> None:
         with self._done:
             self._done.wait_for(lambda: self._pending == 0)
         self._raise_failure()
 
-    def _send(self, whole_chunks_only: bool) -> None:
-        """Hand the buffer to the writer thread in FLUSH_ROWS chunks (blocks while it is behind)."""
+    def _submit(self, chunk: tuple | None, final: _Final | None) -> None:
+        self._raise_failure()
+        with self._done:
+            self._pending += 1
+        self.store.submit(self, chunk, final)
+
+    def _take_rest(self) -> tuple | None:
         if not self._parts:
+            return None
+        codes, values, stamps, steps = (np.concatenate(c) for c in zip(*self._parts))
+        self._parts, self._buffered = [], 0
+        return (list(self._keys), codes, values, stamps, steps)
+
+    def _send(self) -> None:
+        """Hand whole FLUSH_ROWS chunks of the buffer to the writer thread (blocks while it is
+        behind); the rest stays for the next call or the last transaction."""
+        if self._buffered < FLUSH_ROWS:
             return
-        if len(self._parts) == 1:
-            codes, values, stamps, steps = self._parts[0]
-        else:
-            codes, values, stamps, steps = (np.concatenate(c) for c in zip(*self._parts))
+        codes, values, stamps, steps = (np.concatenate(c) for c in zip(*self._parts))
         self._parts, self._buffered = [], 0
         keys = list(self._keys)
         for start in range(0, codes.size, FLUSH_ROWS):
             part = slice(start, start + FLUSH_ROWS)
-            if whole_chunks_only and start + FLUSH_ROWS > codes.size:
+            if start + FLUSH_ROWS > codes.size:
                 self._parts.append((codes[part], values[part], stamps[part], steps[part]))
                 self._buffered = codes.size - start
                 break
-            with self._done:
-                self._pending += 1
-            self.store.submit(self, (keys, codes[part], values[part], stamps[part], steps[part]))
+            self._submit((keys, codes[part], values[part], stamps[part], steps[part]), None)
 
-    def _write(self, chunk: tuple) -> None:
-        """On the writer thread: one transaction; an error is kept for the run's thread."""
+    def _done_one(self, exc: BaseException | None) -> None:
+        """On the writer thread: one job of this run ended; an error is kept for the run's thread."""
+        if exc is not None:
+            self._fail(self._translated(exc))
+        with self._done:
+            self._pending -= 1
+            self._done.notify_all()
+
+    def _translated(self, exc: BaseException) -> BaseException:
         import sqlalchemy
 
-        try:
-            if self._error is None:
-                self.store.write(self.run_uuid, *chunk)
-        except sqlalchemy.exc.OperationalError as exc:
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
             # Locked, connection lost, server going away: worth another attempt of the run.
-            self._fail(TransientError(f"MLflow store (bulk): {_reason(exc)}"))
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            self._fail(RunError(f"writing metrics in bulk into {self.store.display_uri} failed: "
-                                f"{type(exc).__name__}: {_reason(exc)}", project_id=self.project_id,
-                                run_id=self.source_run))
-        except BaseException as exc:  # noqa: BLE001 - handed to the run's thread, raised there
-            self._fail(exc)
-        finally:
-            with self._done:
-                self._pending -= 1
-                self._done.notify_all()
+            return TransientError(f"MLflow store (bulk): {_reason(exc)}")
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            return RunError(f"writing run {self.run_uuid} in bulk into {self.store.display_uri} failed: "
+                            f"{type(exc).__name__}: {_reason(exc)}", project_id=self.project_id,
+                            run_id=self.source_run)
+        return exc
 
     def _fail(self, exc: BaseException) -> None:
         with self._done:

@@ -286,6 +286,20 @@ def _create_sqlite_store_atomically(db: Path) -> None:
         os.replace(tmp, db)
 
 
+def validated(params: list[tuple[str, str]], tags: list[tuple[str, str]], project_id: str = "",
+              run_id: str = "") -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Params and tags as MLflow's log_batch checks them before it writes
+    (mlflow/utils/validation.py `_validate_batch_log_data`, `_validate_param_keys_unique`): key
+    names and lengths, values cut to MLflow's limits where MLflow cuts them; a RunError otherwise."""
+    from mlflow.utils.validation import _validate_param, _validate_param_keys_unique, _validate_tag
+
+    with errors(project_id, run_id):
+        checked_params = [_validate_param(k, v, path=f"params[{i}]") for i, (k, v) in enumerate(params)]
+        _validate_param_keys_unique(checked_params)
+        checked_tags = [_validate_tag(k, v, path=f"tags[{i}]") for i, (k, v) in enumerate(tags)]
+    return [(p.key, p.value) for p in checked_params], [(t.key, t.value) for t in checked_tags]
+
+
 def glob_escape(text: str) -> str:
     import glob
 
@@ -448,6 +462,7 @@ class Tracking:
         self._client_lock = threading.Lock()
         self._lock = threading.Lock()        # the experiment cache (held while the client is made)
         self._experiments: dict[str, str] = {}
+        self._artifact_locations: dict[str, str] = {}   # experiment id -> its artifact location
         self._artifact_repos: OrderedDict[str, Any] = OrderedDict()   # run id -> repository
         self._slots: threading.BoundedSemaphore | None = None            # see limit_requests
         self._holding = threading.local()
@@ -585,6 +600,20 @@ class Tracking:
                 eid = exp.experiment_id
             self._experiments[name] = eid
             return eid
+
+    def new_run_artifact_uri(self, experiment_id: str, run_uuid: str) -> str:
+        """The artifact_uri MLflow's SqlAlchemyStore.create_run gives a new run:
+        append_to_uri_path(experiment.artifact_location, run_id, "artifacts")."""
+        from mlflow.utils.uri import append_to_uri_path
+
+        with self._lock:
+            location = self._artifact_locations.get(experiment_id)
+        if location is None:
+            exp = self._call(f"experiment {experiment_id}", lambda: self.store.get_experiment(experiment_id))
+            location = exp.artifact_location
+            with self._lock:
+                self._artifact_locations[experiment_id] = location
+        return append_to_uri_path(location, run_uuid, "artifacts")
 
     def experiments(self, deleted: bool = False) -> list[Any]:
         """Active experiments (and deleted ones too when `deleted`)."""
@@ -741,10 +770,15 @@ class Tracking:
     def remember_artifact_uri(self, run) -> None:
         """Keep the artifact repository of a run we created or read: MlflowClient.log_artifact
         would ask the server for the run again (a `runs/get`) to learn the same URI."""
-        uri = add_databricks_profile_info_to_artifact_uri(run.info.artifact_uri, self.tracking_uri)
+        self.remember_artifact_location(run.info.run_id, run.info.artifact_uri)
+
+    def remember_artifact_location(self, run_id: str, artifact_uri: str) -> None:
+        """The artifact repository of run `run_id` at `artifact_uri` (also for a run --mlflow-bulk
+        writes into the store only at its first transaction)."""
+        uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, self.tracking_uri)
         repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
         with self._lock:
-            self._artifact_repos[run.info.run_id] = repo
+            self._artifact_repos[run_id] = repo
             while len(self._artifact_repos) > ARTIFACT_REPOS_KEPT:
                 self._artifact_repos.popitem(last=False)
 

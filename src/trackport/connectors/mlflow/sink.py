@@ -32,7 +32,8 @@ from .batching import (
     MAX_BATCH_BYTES, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, HeldBatch, batches,
     entry_size, json_size,
 )
-from .client import Metric, Param, RunTag, Tracking, errors
+from .bulk import RunRow, new_run_uuid, now_ms
+from .client import Metric, Param, RunTag, Tracking, errors, validated
 from .keys import STATUSES, STATUS_PATH, KeyMap, is_run_attribute, sanitize_key
 from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
 from .mapping import CAPABILITIES
@@ -135,23 +136,32 @@ class MlflowSink(Sink):
                ) -> dict[tuple[str, str], _Known]:
         """The run kept for each (project, run id) loaded from `origin_uri` (and `run_id`), asked
         of the store now (not the cache)."""
-        found: dict[tuple[str, str], _Known] = {}
-        for key, runs in self.search_all(experiment_id, origin_uri, run_id).items():
-            # Should there ever be two (a deleted run restored, writers racing on other machines),
-            # the complete one, then the oldest, then the lowest id is used, and the others are
-            # named so that copy and verify report them (never a silent pick).
-            runs.sort(key=_rank)
-            keep = runs[0]
-            keep.others = tuple(k.run_id for k in runs[1:])
-            if keep.others:
-                log.warning("MLflow runs %s were all loaded from run %s/%s",
-                            ", ".join(k.run_id for k in runs), key[0], key[1])
-            found[key] = keep
-        return found
+        return _ranked(self.search_all(experiment_id, origin_uri, run_id))
 
     def search_all(self, experiment_id: str, origin_uri: str, run_id: str | None = None
                    ) -> dict[tuple[str, str], list[_Known]]:
         """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id)."""
+        if self.bulk is not None and run_id is not None:
+            return self._search_bulk(experiment_id, origin_uri, run_id)
+        return self._search_sdk(experiment_id, origin_uri, run_id)
+
+    def _search_bulk(self, experiment_id: str, origin_uri: str, run_id: str
+                     ) -> dict[tuple[str, str], list[_Known]]:
+        """The search of `_search_sdk` for one run, by SQL (--mlflow-bulk: one query, no SDK call)."""
+        every: dict[tuple[str, str], list[_Known]] = {}
+        want = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
+        for run_uuid, start, tags in self.bulk.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want):
+            # exactly, as _search_sdk (and MySQL compares the run id without case)
+            if tags.get(TAG_ORIGIN_URI) != origin_uri or tags.get(TAG_ORIGIN_RUN) != run_id:
+                continue
+            key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
+            every.setdefault(key, []).append(
+                _Known(run_uuid, tags.get(TAG_COMPLETE) == "true", start, tags.get(TAG_SOURCE_VERSION)))
+        return every
+
+    def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None
+                    ) -> dict[tuple[str, str], list[_Known]]:
+        """The runs of `search_all`, by MLflow's search_runs."""
         quoted = search_value(origin_uri)
         flt = f'tags."{TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{TAG_ORIGIN_URI}" != \'\''
         quoted_run = search_value(run_id) if run_id is not None else None
@@ -256,6 +266,8 @@ class MlflowSink(Sink):
             return ModelWriter(self, plan, resume)
         eid, known = self._lookup(origin, create_experiment=True)
         assert eid is not None
+        if self.bulk is not None:   # the store exists now (MLflow made the experiment): check it once
+            self.bulk.ensure_checked(origin.project_id, origin.run_id)
         if resume is None and known is None and not claims_available():
             # The cache may be older than a run another process created: ask once more, for
             # this run only, so that one origin never gets two MLflow runs.  Where claims are
@@ -266,13 +278,9 @@ class MlflowSink(Sink):
                 self.remember(eid, origin, known)
         run_id = resume.id if resume is not None else (known.run_id if known is not None else None)
         writer = MlflowRunWriter(self, plan, eid)
-        writer.start(run_id)
         if self.bulk is not None:
-            try:
-                writer.bulk = self.bulk.run(writer.run_id, origin.project_id, origin.run_id)
-            except BaseException:
-                writer.abort()
-                raise
+            writer.bulk = self.bulk.run(origin.project_id, origin.run_id)
+        writer.start(run_id)
         return writer
 
     def as_source(self):
@@ -389,7 +397,9 @@ class MlflowSink(Sink):
 
 
 class MlflowRunWriter(RunScoped, RunWriter):
-    bulk = None  # --mlflow-bulk: a bulk.BulkRun taking the prepared metric points (see _write_metrics)
+    # --mlflow-bulk: a bulk.BulkRun taking the run's row, params, tags, prepared metric points,
+    # end and completion mark instead of the SDK (see _start_bulk, _hold, _write_metrics, _commit_bulk)
+    bulk = None
 
     def __init__(self, sink: MlflowSink, plan: RunPlan, experiment_id: str):
         self.sink = sink
@@ -433,6 +443,9 @@ class MlflowRunWriter(RunScoped, RunWriter):
         self.run_id = ""
         self.run_name = ""
         self._closed = False
+        self._bulk_tags: list[tuple[str, str]] = []    # --mlflow-bulk: tags for the last transaction
+        self._bulk_params: list[tuple[str, str]] = []
+        self._parent_waiting: Origin | None = None     # --mlflow-bulk: a fork parent not loaded yet
 
     # -- helpers ----------------------------------------------------------------
 
@@ -504,6 +517,15 @@ class MlflowRunWriter(RunScoped, RunWriter):
             if run_id is not None:
                 self._resume(run_id)
                 later = own + [RunTag(k, v) for k, v in base_tags.items()]
+                if self.bulk is not None:   # in the run's last transaction
+                    self.bulk.existing(run_id)
+                    self._bulk_tags.extend((t.key, t.value) for t in later)
+                    later = []
+            elif self.bulk is not None:
+                self._start_bulk(scan, base_tags, own)
+                if parent_origin is not None and parent_id is None and not self.bulk.created:
+                    self._parent_waiting, parent_origin = parent_origin, None   # linked at commit
+                later = []
             else:
                 start = _ms(scan.value("sys/creation_time"))
                 if start is None:
@@ -530,6 +552,33 @@ class MlflowRunWriter(RunScoped, RunWriter):
         except BaseException:
             self._cleanup()
             raise
+
+    def _start_bulk(self, scan, base_tags: dict[str, str], own: list) -> None:
+        """--mlflow-bulk: a new run's row and tags, as MLflow's create_run makes them
+        (mlflow/tracking/_tracking_service/client.py TrackingServiceClient.create_run: user_id
+        from the mlflow.user tag, start time now when none; SqlAlchemyStore.create_run: the rest,
+        see bulk.py).  They go with the run's first transaction; against a server database
+        (other machines may write it) that is now, so that `_settle` and other writers' searches
+        see the run while it is written, as on the SDK path."""
+        start = _ms(scan.value("sys/creation_time"))
+        if start is None:
+            start = _ms(scan.first_timestamp)
+        tags = {**base_tags, **{t.key: t.value for t in own}}
+        if TAG_USER in self.tags:
+            tags[TAG_USER] = self.tags[TAG_USER]
+        tags["mlflow.runName"] = self.run_name
+        _, checked = validated([], list(tags.items()), self.project_id, self.source_run)
+        run_uuid = new_run_uuid()
+        with errors(self.project_id, self.source_run):
+            artifact_uri = self.tracking.new_run_artifact_uri(self.experiment_id, run_uuid)
+        row = RunRow(run_uuid, self.run_name, self.experiment_id, self.tags.get(TAG_USER, "unknown"),
+                     start or now_ms(), artifact_uri)
+        self.bulk.create(row, checked)
+        self.run_id = run_uuid
+        self.tracking.remember_artifact_location(run_uuid, artifact_uri)
+        if self.tracking.local_store is None:
+            self.bulk.ensure_created()
+            self.sink.remember(self.experiment_id, self.origin, _Known(run_uuid, False, row.start_time))
 
     def _created_meanwhile(self) -> Any | None:
         """This origin's MLflow run, should an earlier create_run attempt whose answer was lost
@@ -704,6 +753,9 @@ class MlflowRunWriter(RunScoped, RunWriter):
             entry.key = legacy
 
     def _hold(self, metrics: list = (), params: list = (), size: int = 0) -> None:
+        if self.bulk is not None:   # params only (metric points go to bulk.add): the last transaction
+            self._bulk_params.extend((p.key, p.value) for p in params)
+            return
         if not self._held.fits(len(metrics), len(params), 0, size):
             self._send_held()
         self._held.add(metrics, params, size)
@@ -890,36 +942,14 @@ class MlflowRunWriter(RunScoped, RunWriter):
     def commit(self) -> DestRun:
         try:
             if self.bulk is not None:
-                self.bulk.flush()   # every point in the store before the completion mark
-            for path, spool in self._spools.items():
-                entry = self.manifest.attributes[path]
-                self._upload_internal(spool, entry.artifact)
-            self.manifest.tags = sorted(self.tags)
-            for path, chunks in self._fixes.items():
-                entry = self.manifest.attributes[path]
-                # +-inf alone maps back by value; with genuine +-float max values, and for
-                # -0.0, the manifest says where.
-                fix_steps = np.concatenate([c[0] for c in chunks])
-                fix_ts = np.concatenate([c[1] for c in chunks])
-                fix_values = np.concatenate([c[2] for c in chunks])
-                keep = (fix_values == 0) | entry.float_max
-                entry.fixes = [list(f) for f in zip(fix_steps[keep].tolist(), fix_ts[keep].tolist(),
-                                                    fix_texts(fix_values[keep]))]
+                self._commit_bulk()
+                return self._committed()
             marks = [RunTag(TAG_COMPLETE, "true")]
             if self.plan.source_version is not None:
                 marks.insert(0, RunTag(TAG_SOURCE_VERSION, self.plan.source_version))
-            text = self.manifest.dumps()
-            if len(text) <= MAX_TAG_LENGTH:
-                # A small manifest rides in the completion mark's request (one request fewer
-                # per run); a bigger one is an artifact, which goes out with the last data
-                # requests (nothing reads it before the mark).
-                marks.insert(0, RunTag(TAG_MANIFEST, text))
-            else:
-                manifest = self._tmp / "attributes.json"
-                manifest.write_text(text, encoding="utf-8")
-                self._upload_internal(manifest, MANIFEST_PATH)
-                if self._manifest_tag:   # a resumed run's older, smaller manifest
-                    self._submit(self.tracking.delete_tag, self.run_id, TAG_MANIFEST)
+            manifest_tag = self._write_manifest()
+            if manifest_tag is not None:
+                marks.insert(0, manifest_tag)
             self._log_dataset_inputs()
             # The run's end also goes out with the last data; only the mark waits for every answer.
             self._submit(self.tracking.terminate, self.run_id, self._status(), self._end_time(),
@@ -940,11 +970,72 @@ class MlflowRunWriter(RunScoped, RunWriter):
         except BaseException:
             self.abort()
             raise
+        return self._committed()
+
+    def _committed(self) -> DestRun:
         self._cleanup()
         self.sink.remember(self.experiment_id, self.origin,
                             _Known(self.run_id, True, version=self.plan.source_version))
         self.sink.committed(self.experiment_id, self.origin, self.run_id)
         return DestRun(self.run_id, True, self.tracking.run_url(self.experiment_id, self.run_id), self.run_id)
+
+    def _write_manifest(self) -> RunTag | None:
+        """The series spools to the run's artifacts (in the request pool), then the manifest: a
+        manifest that fits one tag value is returned as the tag TAG_MANIFEST, to go with the
+        completion mark (one request fewer per run); a bigger one is the artifact
+        MANIFEST_PATH, which goes out with the last data requests (nothing reads it before the
+        mark), and a resumed run's older tag is deleted."""
+        for path, spool in self._spools.items():
+            entry = self.manifest.attributes[path]
+            self._upload_internal(spool, entry.artifact)
+        self.manifest.tags = sorted(self.tags)
+        for path, chunks in self._fixes.items():
+            entry = self.manifest.attributes[path]
+            # +-inf alone maps back by value; with genuine +-float max values, and for
+            # -0.0, the manifest says where.
+            fix_steps = np.concatenate([c[0] for c in chunks])
+            fix_ts = np.concatenate([c[1] for c in chunks])
+            fix_values = np.concatenate([c[2] for c in chunks])
+            keep = (fix_values == 0) | entry.float_max
+            entry.fixes = [list(f) for f in zip(fix_steps[keep].tolist(), fix_ts[keep].tolist(),
+                                                fix_texts(fix_values[keep]))]
+        text = self.manifest.dumps()
+        if len(text) <= MAX_TAG_LENGTH:
+            return RunTag(TAG_MANIFEST, text)
+        manifest = self._tmp / "attributes.json"
+        manifest.write_text(text, encoding="utf-8")
+        self._upload_internal(manifest, MANIFEST_PATH)
+        if self._manifest_tag:
+            self._submit(self.tracking.delete_tag, self.run_id, TAG_MANIFEST)
+        return None
+
+    def _commit_bulk(self) -> None:
+        """--mlflow-bulk: files and the manifest to the artifact store, then the run's last
+        transaction (the points not written yet, params, tags, end, completion mark); the claims
+        of a server database around it as on the SDK path."""
+        try:
+            manifest_tag = self._write_manifest()
+            self._log_dataset_inputs()
+            tags = list(self._bulk_tags)
+            if manifest_tag is not None:
+                tags.append((manifest_tag.key, manifest_tag.value))
+            if self._parent_waiting is not None:
+                parent_id = self.sink.parent_run(self.experiment_id, self._parent_waiting)
+                if parent_id is not None:
+                    tags.append((TAG_PARENT, parent_id))
+                    self._parent_waiting = None
+            if self.plan.source_version is not None:
+                tags.append((TAG_SOURCE_VERSION, self.plan.source_version))
+            tags.append((TAG_COMPLETE, "true"))
+            params, tags = validated(self._bulk_params, tags, self.project_id, self.source_run)
+            self._drain()
+            self.bulk.commit(params, tags, self._status(), self._end_time(), self._new_name())
+            self._settle()
+            if self._parent_waiting is not None:
+                self.sink.wait_for_parent(self.run_id, self.experiment_id, self._parent_waiting)
+        except BaseException:
+            self.abort()
+            raise
 
     def _log_dataset_inputs(self) -> None:
         """String `mlflow/inputs/datasets` (what the MLflow source reads from `run.inputs`) as
@@ -957,6 +1048,8 @@ class MlflowRunWriter(RunScoped, RunWriter):
             self._count("dataset_inputs_not_logged", 1, DATASETS_PATH)
             return
         if inputs:
+            if self.bulk is not None:   # MLflow's log_inputs needs the run in the store
+                self.bulk.ensure_created()
             self._submit(self.tracking.log_dataset_inputs, self.run_id, inputs)
 
     def _settle(self) -> None:
@@ -1031,6 +1124,8 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
     def abort(self) -> None:
         self.sink.registry.settled(self.origin)
+        if self.bulk is not None:
+            self.bulk.cancel()   # its queued transactions are dropped, the one under way ends
         if self._closed:
             return
         for fut in self._futures:
@@ -1048,6 +1143,23 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
 def _rank(known: _Known) -> tuple:
     return (not known.complete, known.start_time, known.run_id)
+
+
+def _ranked(every: dict[tuple[str, str], list[_Known]]) -> dict[tuple[str, str], _Known]:
+    """The run kept for each origin among `every`'s."""
+    found: dict[tuple[str, str], _Known] = {}
+    for key, runs in every.items():
+        # Should there ever be two (a deleted run restored, writers racing on other machines),
+        # the complete one, then the oldest, then the lowest id is used, and the others are
+        # named so that copy and verify report them (never a silent pick).
+        runs.sort(key=_rank)
+        keep = runs[0]
+        keep.others = tuple(k.run_id for k in runs[1:])
+        if keep.others:
+            log.warning("MLflow runs %s were all loaded from run %s/%s",
+                        ", ".join(k.run_id for k in runs), key[0], key[1])
+        found[key] = keep
+    return found
 
 
 
