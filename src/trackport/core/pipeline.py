@@ -61,6 +61,11 @@ class PipelineOptions:
 
 
 # -- reading a run, once or twice ---------------------------------------------
+# A run whose batches take no more than this is read from a replayable source once and kept
+# in memory for the second pass (scan, then write): many small runs cost half the reads.
+KEEP_RUN_BYTES = 4 * 1024 * 1024
+
+
 class RunData:
     """A run's batches that can be read more than once (scan, then write)."""
 
@@ -69,6 +74,7 @@ class RunData:
         self.ref = ref
         self.select = select
         self.spool: Path | None = None
+        self._kept: list[pa.Table] | None = None
         if not source.capabilities.replayable:
             self.spool = Path(tempfile.mkstemp(prefix="run-", suffix=".parquet", dir=work_dir)[1])
             self._fill_spool()
@@ -88,14 +94,27 @@ class RunData:
                 pq.write_table(SCHEMA.empty_table(), self.spool)
 
     def tables(self) -> Iterator[pa.Table]:
-        if self.spool is None:
+        if self._kept is not None:
+            yield from self._kept
+        elif self.spool is None:
+            kept: list[pa.Table] | None = []
+            size = 0
             for table in self.source.read_run(self.ref, self.select):
-                yield _as_table(table)
+                table = _as_table(table)
+                if kept is not None:
+                    size += table.nbytes
+                    if size <= KEEP_RUN_BYTES:
+                        kept.append(table)
+                    else:
+                        kept = None
+                yield table
+            self._kept = kept     # read to the end: a small run is not read again
         else:
             for batch in pq.ParquetFile(self.spool).iter_batches(batch_size=65_536):
                 yield pa.Table.from_batches([batch])
 
     def close(self) -> None:
+        self._kept = None
         if self.spool is not None:
             self.spool.unlink(missing_ok=True)
 
