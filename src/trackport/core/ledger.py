@@ -45,6 +45,9 @@ class Ledger:
         while True:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
+                # A record, not the truth: in WAL mode NORMAL syncs at checkpoints, not at each
+                # run's commit (a power cut may lose the last entries, never corrupt the file).
+                self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute(_SCHEMA)
                 break
             except sqlite3.OperationalError as exc:
