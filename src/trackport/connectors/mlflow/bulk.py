@@ -275,6 +275,13 @@ class BulkStore:
             kwargs: dict = {"pool_pre_ping": True}
             if self.dialect == "sqlite":
                 kwargs["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}
+            elif sqlalchemy.engine.make_url(self.db_uri).get_driver_name() == "psycopg2":
+                # psycopg2's executemany sends one statement per row; SQLAlchemy's psycopg2
+                # dialect sends them through psycopg2.extras.execute_batch instead, many per round
+                # trip (https://docs.sqlalchemy.org/en/20/dialects/postgresql.html, "Psycopg2 Fast
+                # Execution Helpers").
+                kwargs["executemany_mode"] = "values_plus_batch"
+                kwargs["executemany_batch_page_size"] = 1000
             engine = sqlalchemy.create_engine(self.db_uri, **kwargs)
             if self.dialect == "sqlite":
                 sqlalchemy.event.listen(engine, "connect", _sqlite_connection)
