@@ -293,12 +293,6 @@ class Sink(ABC):
         """Lines for `plan` about this run; count predicted transformations in plan.report."""
         return []
 
-    def runs_in_flight(self, workers: int) -> int:
-        """How many runs `copy` moves at once with `--workers N`.  N by default; a sink that
-        bounds its own requests to N may take more runs, so that one run's round trips overlap
-        another's (the MLflow sink against a server)."""
-        return workers
-
     def close(self) -> None:
         pass
 

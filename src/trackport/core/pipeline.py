@@ -297,10 +297,7 @@ class Pipeline:
 
                 move_on_ray(self, runs)
             else:
-                in_flight = self.opts.workers
-                if self.sink is not None and not plan_only:
-                    in_flight = max(1, self.sink.runs_in_flight(self.opts.workers))
-                in_parallel(self.plan_run if plan_only else self.move_run, runs, in_flight)
+                in_parallel(self.plan_run if plan_only else self.move_run, runs, self.opts.workers)
             if self.sink is not None and not plan_only:
                 self.sink.close()
             self._attributes.check(self.opts.select, self.report)

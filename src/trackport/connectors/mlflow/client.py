@@ -464,8 +464,6 @@ class Tracking:
         self._experiments: dict[str, str] = {}
         self._artifact_locations: dict[str, str] = {}   # experiment id -> its artifact location
         self._artifact_repos: OrderedDict[str, Any] = OrderedDict()   # run id -> repository
-        self._slots: threading.BoundedSemaphore | None = None            # see limit_requests
-        self._holding = threading.local()
         from urllib.parse import urlsplit
 
         # The key under which workers share a rate-limit pause (one per server).
@@ -681,27 +679,8 @@ class Tracking:
         return run
 
     def _classified(self, fn, project_id: str = "", run_id: str = "", file: str | None = None):
-        with self._request_slot(), errors(project_id, run_id, file):
+        with errors(project_id, run_id, file):
             return fn()
-
-    def limit_requests(self, slots: int) -> None:
-        """At most `slots` requests of this client in flight at once, from however many threads
-        (a request made while its thread holds a slot, e.g. the search before a retried
-        create, takes no second one)."""
-        self._slots = threading.BoundedSemaphore(max(1, slots))
-
-    @contextlib.contextmanager
-    def _request_slot(self):
-        slots = self._slots
-        if slots is None or getattr(self._holding, "slot", False):
-            yield
-            return
-        with slots:
-            self._holding.slot = True
-            try:
-                yield
-            finally:
-                self._holding.slot = False
 
     # Writes below are idempotent, so a retry after a lost answer is harmless: MLflow's SQL
     # store drops a metric point identical to a stored one (SqlAlchemyStore._log_metrics_once,

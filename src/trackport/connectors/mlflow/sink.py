@@ -351,16 +351,6 @@ class MlflowSink(Sink):
             with self._lock:
                 self._pending_parents.pop(child, None)
 
-    def runs_in_flight(self, workers: int) -> int:
-        """Against a server, twice `--workers` runs at once while their requests still go
-        `--workers` at a time (Tracking.limit_requests): a small run is mostly round trips
-        (create; end, manifest and the claim's look; data with the mark; the second look), and
-        other runs' requests fill the server while one run waits for an answer."""
-        if not self.tracking.is_server:
-            return workers
-        self.tracking.limit_requests(workers)
-        return 2 * workers
-
     def request_pool(self) -> tuple[ThreadPoolExecutor, int]:
         """The one pool every run's requests share: `--workers` requests in flight to the
         store, however many runs are open (runs and requests spread over the same workers)."""
