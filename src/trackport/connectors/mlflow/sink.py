@@ -154,9 +154,7 @@ class MlflowSink(Sink):
             # exactly, as _search_sdk (and MySQL compares the run id without case)
             if tags.get(TAG_ORIGIN_URI) != origin_uri or tags.get(TAG_ORIGIN_RUN) != run_id:
                 continue
-            key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
-            every.setdefault(key, []).append(
-                _Known(run_uuid, tags.get(TAG_COMPLETE) == "true", start, tags.get(TAG_SOURCE_VERSION)))
+            _add_known(every, run_uuid, start, tags)
         return every
 
     def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None
@@ -172,10 +170,7 @@ class MlflowSink(Sink):
             tags = run.data.tags
             if tags.get(TAG_ORIGIN_URI) != origin_uri:
                 continue
-            key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
-            every.setdefault(key, []).append(
-                _Known(run.info.run_id, tags.get(TAG_COMPLETE) == "true", run.info.start_time or 0,
-                       tags.get(TAG_SOURCE_VERSION)))
+            _add_known(every, run.info.run_id, run.info.start_time or 0, tags)
         return every
 
     def _lookup(self, origin: Origin, create_experiment: bool) -> tuple[str | None, _Known | None]:
@@ -1001,31 +996,27 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
     def _commit_bulk(self) -> None:
         """--mlflow-bulk: files and the manifest to the artifact store, then the run's last
-        transaction (the points not written yet, params, tags, end, completion mark); the claims
-        of a server database around it as on the SDK path."""
-        try:
-            manifest_tag = self._write_manifest()
-            self._log_dataset_inputs()
-            tags = list(self._bulk_tags)
-            if manifest_tag is not None:
-                tags.append((manifest_tag.key, manifest_tag.value))
-            if self._parent_waiting is not None:
-                parent_id = self.sink.parent_run(self.experiment_id, self._parent_waiting)
-                if parent_id is not None:
-                    tags.append((TAG_PARENT, parent_id))
-                    self._parent_waiting = None
-            if self.plan.source_version is not None:
-                tags.append((TAG_SOURCE_VERSION, self.plan.source_version))
-            tags.append((TAG_COMPLETE, "true"))
-            params, tags = validated(self._bulk_params, tags, self.project_id, self.source_run)
-            self._drain()
-            self.bulk.commit(params, tags, self._status(), self._end_time(), self._new_name())
-            self._settle()
-            if self._parent_waiting is not None:
-                self.sink.wait_for_parent(self.run_id, self.experiment_id, self._parent_waiting)
-        except BaseException:
-            self.abort()
-            raise
+        transaction (the points not written yet, params, tags, end, completion mark), then the
+        look for other writers' runs as on the SDK path.  `commit` aborts the run on failure."""
+        manifest_tag = self._write_manifest()
+        self._log_dataset_inputs()
+        tags = list(self._bulk_tags)
+        if manifest_tag is not None:
+            tags.append((manifest_tag.key, manifest_tag.value))
+        if self._parent_waiting is not None:
+            parent_id = self.sink.parent_run(self.experiment_id, self._parent_waiting)
+            if parent_id is not None:
+                tags.append((TAG_PARENT, parent_id))
+                self._parent_waiting = None
+        if self.plan.source_version is not None:
+            tags.append((TAG_SOURCE_VERSION, self.plan.source_version))
+        tags.append((TAG_COMPLETE, "true"))
+        params, tags = validated(self._bulk_params, tags, self.project_id, self.source_run)
+        self._drain()
+        self.bulk.commit(params, tags, self._status(), self._end_time(), self._new_name())
+        self._settle()
+        if self._parent_waiting is not None:
+            self.sink.wait_for_parent(self.run_id, self.experiment_id, self._parent_waiting)
 
     def _log_dataset_inputs(self) -> None:
         """String `mlflow/inputs/datasets` (what the MLflow source reads from `run.inputs`) as
@@ -1133,6 +1124,14 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
 def _rank(known: _Known) -> tuple:
     return (not known.complete, known.start_time, known.run_id)
+
+
+def _add_known(every: dict[tuple[str, str], list[_Known]], run_id: str, start_time: int,
+               tags: dict[str, str]) -> None:
+    """Add the run `run_id` with trackport's `tags` to `every`, under its origin (project, run id)."""
+    key = (tags.get(TAG_ORIGIN_PROJECT, ""), tags.get(TAG_ORIGIN_RUN, ""))
+    every.setdefault(key, []).append(
+        _Known(run_id, tags.get(TAG_COMPLETE) == "true", start_time, tags.get(TAG_SOURCE_VERSION)))
 
 
 def _ranked(every: dict[tuple[str, str], list[_Known]]) -> dict[tuple[str, str], _Known]:
