@@ -36,22 +36,50 @@ def tensorboard(logdir: Path, load_fast: bool, home: Path):
 
 def chromium_executable() -> str:
     """Debian's Chromium; installed through apt-get when missing (the suite runs as root on
-    CI's machines). Fails with the command to run where it cannot install it."""
+    CI's machines). Fails with the command to run, and apt-get's own last words, where it
+    cannot install it.
+
+    CI runs its Python legs at once, so two suites may ask at the same moment: one lock file
+    makes the second wait for the first's install, and apt-get waits for dpkg's lock instead
+    of failing at once (`DPkg::Lock::Timeout`, apt.conf(5))."""
+    found = _chromium_on_path()
+    if found:
+        return found
+    fix = "apt-get update && apt-get install -y chromium"
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(f"the viewer screenshots need Debian's Chromium; install it with: {fix}")
+    import fcntl
+
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    wait = ["-o", "DPkg::Lock::Timeout=900", "-o", "Acquire::Retries=3"]
+    said = []
+    with open("/tmp/trackport-chromium-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = _chromium_on_path()          # the other leg may have installed it meanwhile
+        if found:
+            return found
+        def apt_get(*args: str) -> bool:
+            done = subprocess.run(["apt-get", *wait, "-y", "-q", *args], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                said.append(f"apt-get {args[0]} exited {done.returncode}: {done.stderr.strip()[-600:]}")
+            return done.returncode == 0
+
+        # stale package lists name .deb files the mirror no longer has: update, then again
+        if not apt_get("install", "chromium"):
+            apt_get("update")
+            apt_get("install", "chromium")
+    found = _chromium_on_path()
+    if found:
+        return found
+    raise RuntimeError(f"the viewer screenshots need Debian's Chromium; install it with: {fix}\n" + "\n".join(said))
+
+
+def _chromium_on_path() -> str | None:
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
         if found:
             return found
-    fix = "apt-get update && apt-get install -y chromium"
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        done = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True)
-        if done.returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, capture_output=True)
-        found = shutil.which("chromium")
-        if found:
-            return found
-    raise RuntimeError(f"the viewer screenshots need Debian's Chromium; install it with: {fix}")
+    return None
 
 
 @contextmanager
