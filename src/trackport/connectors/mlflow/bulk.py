@@ -62,6 +62,8 @@ import numpy as np
 
 from trackport.core.errors import RunError, TransientError, UsageError
 
+from .origin_sql import driver_reason as _reason
+from .origin_sql import origin_runs
 from .points import FLOAT_MAX
 
 log = logging.getLogger(__name__)
@@ -348,26 +350,14 @@ class BulkStore:
 
     def origin_runs(self, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
                     ) -> list[tuple[str, int, dict[str, str]]]:
-        """Active runs of one experiment with tag `tag_key` = `tag_value`: (run_uuid, start_time,
-        their tags named in `want`), asked of the store now, in one query (the SDK path makes
-        this search with search_runs; the caller checks the other tags exactly)."""
+        """origin_sql.origin_runs on this store's engine (the SDK path asks the same of
+        MLflow's store engine, see Tracking.origin_runs)."""
         import sqlalchemy
 
-        st = self._statements_ready()
-        m, key = st.placeholder, st.key
-        sql = (f"SELECT r.run_uuid, r.start_time, t.{key}, t.value FROM tags o "
-               f"JOIN runs r ON r.run_uuid = o.run_uuid JOIN tags t ON t.run_uuid = r.run_uuid "
-               f"WHERE o.{key} = {m} AND o.value = {m} AND r.experiment_id = {m} "
-               f"AND r.lifecycle_stage = 'active' AND t.{key} IN ({', '.join([m] * len(want))})")
-        found: dict[str, tuple[int, dict[str, str]]] = {}
         try:
-            with self.engine.connect() as conn:
-                for run_uuid, start, k, v in conn.exec_driver_sql(
-                        sql, (tag_key, tag_value, int(experiment_id), *want)):
-                    found.setdefault(run_uuid, (int(start or 0), {}))[1][k] = v
+            return origin_runs(self.engine, experiment_id, tag_key, tag_value, want)
         except sqlalchemy.exc.OperationalError as exc:
             raise TransientError(f"MLflow store (bulk): {_reason(exc)}") from None
-        return [(run_uuid, start, tags) for run_uuid, (start, tags) in found.items()]
 
     def _statements_ready(self) -> _Statements:
         self.engine   # noqa: B018 - makes the statements
@@ -724,10 +714,3 @@ def _sqlite_connection(dbapi_connection, connection_record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA cache_size = -16384")
     cursor.close()
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's message without SQLAlchemy's echo of the statement and its parameters."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc)
-    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -140,22 +140,23 @@ class MlflowSink(Sink):
 
     def search_all(self, experiment_id: str, origin_uri: str, run_id: str | None = None
                    ) -> dict[tuple[str, str], list[_Known]]:
-        """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id)."""
-        if self.bulk is not None and run_id is not None:
-            return self._search_bulk(experiment_id, origin_uri, run_id)
+        """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id).  The
+        look for one run is one SQL query on a database store (origin_sql.py), a search_runs
+        elsewhere."""
+        if run_id is not None:
+            want = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
+            if self.bulk is not None:
+                rows = self.bulk.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want)
+            else:
+                rows = self.tracking.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want)
+            if rows is not None:
+                every: dict[tuple[str, str], list[_Known]] = {}
+                for run_uuid, start, tags in rows:
+                    # exactly, as _search_sdk (and MySQL compares the run id without case)
+                    if tags.get(TAG_ORIGIN_URI) == origin_uri and tags.get(TAG_ORIGIN_RUN) == run_id:
+                        _add_known(every, run_uuid, start, tags)
+                return every
         return self._search_sdk(experiment_id, origin_uri, run_id)
-
-    def _search_bulk(self, experiment_id: str, origin_uri: str, run_id: str
-                     ) -> dict[tuple[str, str], list[_Known]]:
-        """The search of `_search_sdk` for one run, by SQL (--mlflow-bulk: one query, no SDK call)."""
-        every: dict[tuple[str, str], list[_Known]] = {}
-        want = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
-        for run_uuid, start, tags in self.bulk.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want):
-            # exactly, as _search_sdk (and MySQL compares the run id without case)
-            if tags.get(TAG_ORIGIN_URI) != origin_uri or tags.get(TAG_ORIGIN_RUN) != run_id:
-                continue
-            _add_known(every, run_uuid, start, tags)
-        return every
 
     def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None
                     ) -> dict[tuple[str, str], list[_Known]]:
