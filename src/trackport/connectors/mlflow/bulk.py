@@ -132,7 +132,6 @@ class _Statements:
     insert_params: str
     select_params: str           # format with {keys}
     placeholder: str
-    key: str                     # the `key` column, quoted where the dialect needs it
 
 
 def _statements(dialect: str, paramstyle: str) -> _Statements:
@@ -175,7 +174,6 @@ def _statements(dialect: str, paramstyle: str) -> _Statements:
         insert_params=f"INSERT INTO params ({key}, value, run_uuid) VALUES ({marks(3)})",
         select_params=f"SELECT {key}, value FROM params WHERE run_uuid = {mark} AND {key} IN ({{keys}})",
         placeholder=mark,
-        key=key,
     )
 
 
@@ -358,11 +356,6 @@ class BulkStore:
             return origin_runs(self.engine, experiment_id, tag_key, tag_value, want)
         except sqlalchemy.exc.OperationalError as exc:
             raise TransientError(f"MLflow store (bulk): {_reason(exc)}") from None
-
-    def _statements_ready(self) -> _Statements:
-        self.engine   # noqa: B018 - makes the statements
-        assert self._statements is not None
-        return self._statements
 
     def submit(self, run: "BulkRun", chunk: tuple | None, final: _Final | None = None) -> None:
         """Queue one job of `run` for the writer thread (blocks while QUEUE_CHUNKS are waiting)."""
