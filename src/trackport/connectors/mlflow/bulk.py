@@ -63,7 +63,6 @@ import numpy as np
 from trackport.core.errors import RunError, TransientError, UsageError
 
 from .origin_sql import driver_reason as _reason
-from .origin_sql import origin_runs
 from .points import FLOAT_MAX
 
 log = logging.getLogger(__name__)
@@ -345,17 +344,6 @@ class BulkStore:
         """The bulk writer of one run (`create` a new MLflow run or `existing` one, then add to it)."""
         self.ensure_checked(project_id, run_id)
         return BulkRun(self, project_id, run_id)
-
-    def origin_runs(self, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
-                    ) -> list[tuple[str, int, dict[str, str]]]:
-        """origin_sql.origin_runs on this store's engine (the SDK path asks the same of
-        MLflow's store engine, see Tracking.origin_runs)."""
-        import sqlalchemy
-
-        try:
-            return origin_runs(self.engine, experiment_id, tag_key, tag_value, want)
-        except sqlalchemy.exc.OperationalError as exc:
-            raise TransientError(f"MLflow store (bulk): {_reason(exc)}") from None
 
     def submit(self, run: "BulkRun", chunk: tuple | None, final: _Final | None = None) -> None:
         """Queue one job of `run` for the writer thread (blocks while QUEUE_CHUNKS are waiting)."""

@@ -643,21 +643,10 @@ class Tracking:
             if not token:
                 return
 
-    def origin_runs(self, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
-                    ) -> list[tuple[str, int, dict[str, str]]] | None:
-        """origin_sql.origin_runs on MLflow's own engine when the store is a database (one
+    def database_engine(self):
+        """MLflow's own SQLAlchemy engine when the store is a database (for origin_sql's one
         query where search_runs makes several); None against a server or a file store."""
-        engine = None if self.is_server else getattr(self.store, "engine", None)
-        if engine is None:
-            return None
-        import sqlalchemy
-
-        from .origin_sql import driver_reason, origin_runs
-
-        try:
-            return origin_runs(engine, experiment_id, tag_key, tag_value, want)
-        except sqlalchemy.exc.OperationalError as exc:
-            raise TransientError(f"MLflow store {self.display_uri}: {driver_reason(exc)}") from None
+        return None if self.is_server else getattr(self.store, "engine", None)
 
     def get_run(self, run_id: str, project_id: str = "", origin_run: str = ""):
         run = self._call(f"reading run {run_id}", lambda: self.client.get_run(run_id), project_id, origin_run)

@@ -14,12 +14,14 @@ It imports SQLAlchemy (MLflow's own dependency) and never writes.
 
 from __future__ import annotations
 
+from trackport.core.errors import TransientError
 
-def origin_runs(engine, experiment_id: str, tag_key: str, tag_value: str, want: tuple[str, ...]
-                ) -> list[tuple[str, int, dict[str, str]]]:
+
+def origin_runs(engine, store: str, experiment_id: str, tag_key: str, tag_value: str,
+                want: tuple[str, ...]) -> list[tuple[str, int, dict[str, str]]]:
     """Active runs of one experiment with tag `tag_key` = `tag_value`: (run_uuid, start_time,
     their tags named in `want`), asked of the store now.  The caller checks the tags exactly
-    (MySQL compares strings without case).  SQLAlchemy's errors are the caller's to translate."""
+    (MySQL compares strings without case).  A lost connection is a TransientError naming `store`."""
     import sqlalchemy
 
     key = engine.dialect.identifier_preparer.quote("key")     # KEY is a reserved word in MySQL
@@ -30,11 +32,14 @@ def origin_runs(engine, experiment_id: str, tag_key: str, tag_value: str, want: 
         f"AND r.lifecycle_stage = 'active' AND t.{key} IN :want"
     ).bindparams(sqlalchemy.bindparam("want", expanding=True))
     found: dict[str, tuple[int, dict[str, str]]] = {}
-    with engine.connect() as conn:
-        rows = conn.execute(query, {"tag_key": tag_key, "tag_value": tag_value,
-                                    "experiment": int(experiment_id), "want": list(want)})
-        for run_uuid, start, k, v in rows:
-            found.setdefault(run_uuid, (int(start or 0), {}))[1][k] = v
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"tag_key": tag_key, "tag_value": tag_value,
+                                        "experiment": int(experiment_id), "want": list(want)})
+            for run_uuid, start, k, v in rows:
+                found.setdefault(run_uuid, (int(start or 0), {}))[1][k] = v
+    except sqlalchemy.exc.OperationalError as exc:
+        raise TransientError(f"{store}: {driver_reason(exc)}") from None
     return [(run_uuid, start, tags) for run_uuid, (start, tags) in found.items()]
 
 

@@ -39,6 +39,7 @@ from .manifest import MANIFEST_PATH, AttributeEntry, Manifest
 from .mapping import CAPABILITIES
 from .models import is_models_project
 from .models_sink import Models, ModelWriter
+from .origin_sql import origin_runs
 from .registry import is_registry_project
 from .registry_sink import RegistryWriter, Versions
 from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_points
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 _PARAM_TYPES = pa.array(sorted(PARAM_TYPES), pa.string())
 _SERIES_TYPES = pa.array(sorted(SERIES_TYPES), pa.string())
 _FILE_TYPES = pa.array(sorted(FILE_TYPES), pa.string())
+# trackport's tags a look for one origin's runs reads (origin_sql.origin_runs)
+ORIGIN_TAGS = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
 
 
 def _layout(scan) -> tuple[KeyMap, ArtifactLayout]:
@@ -143,19 +146,18 @@ class MlflowSink(Sink):
         """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id).  The
         look for one run is one SQL query on a database store (origin_sql.py), a search_runs
         elsewhere."""
+        engine = None
         if run_id is not None:
-            want = (TAG_ORIGIN_URI, TAG_ORIGIN_PROJECT, TAG_ORIGIN_RUN, TAG_COMPLETE, TAG_SOURCE_VERSION)
-            if self.bulk is not None:
-                rows = self.bulk.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want)
-            else:
-                rows = self.tracking.origin_runs(experiment_id, TAG_ORIGIN_RUN, run_id, want)
-            if rows is not None:
-                every: dict[tuple[str, str], list[_Known]] = {}
-                for run_uuid, start, tags in rows:
-                    # exactly, as _search_sdk (and MySQL compares the run id without case)
-                    if tags.get(TAG_ORIGIN_URI) == origin_uri and tags.get(TAG_ORIGIN_RUN) == run_id:
-                        _add_known(every, run_uuid, start, tags)
-                return every
+            engine = self.bulk.engine if self.bulk is not None else self.tracking.database_engine()
+        if engine is not None:
+            every: dict[tuple[str, str], list[_Known]] = {}
+            rows = origin_runs(engine, f"MLflow store {self.tracking.display_uri}", experiment_id,
+                               TAG_ORIGIN_RUN, run_id, ORIGIN_TAGS)
+            for run_uuid, start, tags in rows:
+                # exactly, as _search_sdk (and MySQL compares the run id without case)
+                if tags.get(TAG_ORIGIN_URI) == origin_uri and tags.get(TAG_ORIGIN_RUN) == run_id:
+                    _add_known(every, run_uuid, start, tags)
+            return every
         return self._search_sdk(experiment_id, origin_uri, run_id)
 
     def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None
