@@ -51,6 +51,10 @@ def start_mlflow_server(root: Path, workers: int = 2, backend_store_uri: str | N
     log = open(root / "server.log", "wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no calls to outside hosts from tests
+    # MLflow 3.17 starts a job runner (huey consumers) beside the server by default; it serves
+    # no tracking request but takes CPU and polls the server's SQLite file (docs/benchmarks.md).
+    # https://mlflow.org/docs/latest/api_reference/python_api/mlflow.environment_variables.html
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'm.db'}",
