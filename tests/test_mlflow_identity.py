@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from support import canonical_rows, read_plain_export, run_cli, runs_by_id
 from trackport.connectors.mlflow.mapping import CAPABILITIES as MLFLOW_CAPABILITIES
 from trackport.connectors.mlflow.manifest import MANIFEST_PATH, Manifest
-from trackport.connectors.mlflow.tags import TAG_MANIFEST
+from trackport.connectors.mlflow.tags import TAG_MANIFEST, origin_key_tag
 from trackport.core.layout import safe
 from trackport.core.schema import rows_to_table
 from trackport.testing.corpus import CorpusRun
@@ -102,7 +102,9 @@ def test_mlflow_to_mlflow_is_the_identity(tmp_path, destination):
         src_tags = dict(a.data.tags)
         dst_tags = dict(b.data.tags)
         added = set(dst_tags) - set(src_tags)
-        assert added <= TRACKPORT_TAGS, (name, added)
+        # and the origin's key tag, by which the look for other writers' copies finds them
+        key = origin_key_tag(dst_tags["trackport.origin.uri"], dst_tags["trackport.origin.project"], rid)
+        assert added - TRACKPORT_TAGS == {key} and dst_tags[key] == "1", (name, added)
         if "mlflow.parentRunId" in src_tags:   # the parent's copy, not the source's parent
             assert dst_tags.pop("mlflow.parentRunId") == copies[src_tags.pop("mlflow.parentRunId")].info.run_id
         assert {k: v for k, v in dst_tags.items() if k not in added} == src_tags, name

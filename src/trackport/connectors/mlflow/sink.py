@@ -45,9 +45,8 @@ from .registry_sink import RegistryWriter, Versions
 from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_points
 from .tags import (
     MAX_RUN_NAME_LENGTH, MAX_TAG_LENGTH, TAG_COMPLETE, TAG_MANIFEST, TAG_MULTIPLIER, TAG_ORIGIN_PROJECT,
-    TAG_ORIGIN_RUN,
-    TAG_ORIGIN_URI, TAG_PARENT, TAG_SOURCE_VERSION, TAG_USER, experiment_name as _experiment_name,
-    search_value, tag_plan,
+    TAG_ORIGIN_RUN, TAG_ORIGIN_URI, TAG_PARENT, TAG_SOURCE_VERSION, TAG_USER,
+    experiment_name as _experiment_name, origin_key_tag, search_value, tag_plan,
 )
 from .source_mapping import DATASETS_PATH, dataset_inputs_from_json
 from .values import MAX_PARAM_LENGTH, ms_from_datetime, param_text, step_texts
@@ -141,33 +140,40 @@ class MlflowSink(Sink):
         of the store now (not the cache)."""
         return _ranked(self.search_all(experiment_id, origin_uri, run_id))
 
-    def search_all(self, experiment_id: str, origin_uri: str, run_id: str | None = None
-                   ) -> dict[tuple[str, str], list[_Known]]:
+    def search_all(self, experiment_id: str, origin_uri: str, run_id: str | None = None,
+                   project_id: str | None = None) -> dict[tuple[str, str], list[_Known]]:
         """Every active run loaded from `origin_uri` (and `run_id`), by (project, run id).  The
         look for one run is one SQL query on a database store (origin_sql.py), a search_runs
-        elsewhere."""
+        elsewhere.  With `project_id` too, only runs carrying the origin's key tag
+        (tags.origin_key_tag, which every run trackport writes or resumes gets) are found, by
+        that key: a look whose cost does not grow with the store (the look after the mark)."""
         engine = None
         if run_id is not None:
             engine = self.bulk.engine if self.bulk is not None else self.tracking.database_engine()
+        by_key = origin_key_tag(origin_uri, project_id, run_id) if (
+            run_id is not None and project_id is not None) else None
         if engine is not None:
             every: dict[tuple[str, str], list[_Known]] = {}
             rows = origin_runs(engine, f"MLflow store {self.tracking.display_uri}", experiment_id,
-                               TAG_ORIGIN_RUN, run_id, ORIGIN_TAGS)
+                               *((by_key, "1") if by_key else (TAG_ORIGIN_RUN, run_id)), ORIGIN_TAGS)
             for run_uuid, start, tags in rows:
                 # exactly, as _search_sdk (and MySQL compares the run id without case)
                 if tags.get(TAG_ORIGIN_URI) == origin_uri and tags.get(TAG_ORIGIN_RUN) == run_id:
                     _add_known(every, run_uuid, start, tags)
             return every
-        return self._search_sdk(experiment_id, origin_uri, run_id)
+        return self._search_sdk(experiment_id, origin_uri, run_id, by_key)
 
-    def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None
-                    ) -> dict[tuple[str, str], list[_Known]]:
+    def _search_sdk(self, experiment_id: str, origin_uri: str, run_id: str | None = None,
+                    by_key: str | None = None) -> dict[tuple[str, str], list[_Known]]:
         """The runs of `search_all`, by MLflow's search_runs."""
-        quoted = search_value(origin_uri)
-        flt = f'tags."{TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{TAG_ORIGIN_URI}" != \'\''
-        quoted_run = search_value(run_id) if run_id is not None else None
-        if quoted_run:
-            flt += f' and tags."{TAG_ORIGIN_RUN}" = {quoted_run}'
+        if by_key is not None:
+            flt = f'tags."{by_key}" = \'1\''
+        else:
+            quoted = search_value(origin_uri)
+            flt = f'tags."{TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{TAG_ORIGIN_URI}" != \'\''
+            quoted_run = search_value(run_id) if run_id is not None else None
+            if quoted_run:
+                flt += f' and tags."{TAG_ORIGIN_RUN}" = {quoted_run}'
         every: dict[tuple[str, str], list[_Known]] = {}
         for run in self.tracking.search_runs([experiment_id], flt):
             tags = run.data.tags
@@ -489,6 +495,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
             TAG_ORIGIN_PROJECT: self.project_id,
             TAG_ORIGIN_RUN: self.source_run,
             TAG_MULTIPLIER: str(self.multiplier),
+            origin_key_tag(self.origin.uri, self.project_id, self.source_run): "1",
         }
         for kind, examples in sorted(self._tag_hits.items()):
             for example in examples:
@@ -1054,8 +1061,8 @@ class MlflowRunWriter(RunScoped, RunWriter):
 
     def _origin_runs(self) -> list[_Known]:
         """Every active MLflow run of this origin, asked of the store now."""
-        return self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run).get(
-            (self.project_id, self.source_run), [])
+        return self.sink.search_all(self.experiment_id, self.origin.uri, self.source_run,
+                                    self.project_id).get((self.project_id, self.source_run), [])
 
     def _give_way(self, winner: _Known) -> None:
         """Delete our run of this origin and retry the run, which skips or resumes `winner`."""

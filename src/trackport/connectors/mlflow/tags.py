@@ -28,6 +28,11 @@ TAG_FORK_STEP = "trackport.fork.step"
 # trackport/attributes.json holds it and this tag is absent.
 TAG_MANIFEST = "trackport.attributes"
 TRACKPORT_TAG_PREFIX = "trackport."
+# One tag per origin whose *key* names the origin (value "1"): MLflow's `tags` table is keyed
+# by (key, run_uuid), so the look for one origin's runs by this key reads only that origin's
+# rows, where a look by TAG_ORIGIN_RUN's value reads that key's row of every run in the store
+# (mlflow/store/tracking/dbmodels/models.py SqlTag; no index on `value`).
+TAG_ORIGIN_KEY_PREFIX = "trackport.origin.key."
 
 # MLflow system tags mapped to run fields.
 TAG_RUN_NAME = "mlflow.runName"
@@ -35,6 +40,15 @@ TAG_NOTE = "mlflow.note.content"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_USER = "mlflow.user"   # MLflow's create_run takes the run's user_id from this tag
 RESERVED_TAGS = frozenset({TAG_RUN_NAME, TAG_NOTE, TAG_PARENT})
+
+
+def origin_key_tag(origin_uri: str, project_id: str, run_id: str) -> str:
+    """The key of a run's TAG_ORIGIN_KEY_PREFIX tag (an MLflow tag key takes at most 250
+    characters, so the origin goes in as a digest)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join((origin_uri, project_id, run_id)).encode("utf-8")).hexdigest()
+    return f"{TAG_ORIGIN_KEY_PREFIX}{digest[:40]}"
 
 
 def clip_tag(value: str) -> tuple[str, bool]:
