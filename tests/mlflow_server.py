@@ -53,7 +53,7 @@ def start_mlflow_server(root: Path, workers: int = 2, backend_store_uri: str | N
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"  # no calls to outside hosts from tests
     # MLflow 3.17 starts a job runner (huey consumers) beside the server by default; it serves
     # no tracking request but takes CPU and polls the server's SQLite file (docs/benchmarks.md).
-    # https://mlflow.org/docs/latest/api_reference/python_api/mlflow.environment_variables.html
+    # (mlflow/environment_variables.py MLFLOW_SERVER_ENABLE_JOB_EXECUTION, read in mlflow/server/__init__.py)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
