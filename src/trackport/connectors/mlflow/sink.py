@@ -46,7 +46,7 @@ from .points import FLOAT_MAX, PointIndex, fix_texts, point_identity, repeated_p
 from .tags import (
     MAX_RUN_NAME_LENGTH, MAX_TAG_LENGTH, TAG_COMPLETE, TAG_MANIFEST, TAG_MULTIPLIER, TAG_ORIGIN_PROJECT,
     TAG_ORIGIN_RUN, TAG_ORIGIN_URI, TAG_PARENT, TAG_SOURCE_VERSION, TAG_USER,
-    experiment_name as _experiment_name, origin_key_tag, search_value, tag_plan,
+    ORIGIN_KEY_VALUE, experiment_name as _experiment_name, origin_key_tag, search_value, tag_plan,
 )
 from .source_mapping import DATASETS_PATH, dataset_inputs_from_json
 from .values import MAX_PARAM_LENGTH, ms_from_datetime, param_text, step_texts
@@ -154,8 +154,9 @@ class MlflowSink(Sink):
             run_id is not None and project_id is not None) else None
         if engine is not None:
             every: dict[tuple[str, str], list[_Known]] = {}
+            tag_key, tag_value = (by_key, ORIGIN_KEY_VALUE) if by_key else (TAG_ORIGIN_RUN, run_id)
             rows = origin_runs(engine, f"MLflow store {self.tracking.display_uri}", experiment_id,
-                               *((by_key, "1") if by_key else (TAG_ORIGIN_RUN, run_id)), ORIGIN_TAGS)
+                               tag_key, tag_value, ORIGIN_TAGS)
             for run_uuid, start, tags in rows:
                 # exactly, as _search_sdk (and MySQL compares the run id without case)
                 if tags.get(TAG_ORIGIN_URI) == origin_uri and tags.get(TAG_ORIGIN_RUN) == run_id:
@@ -167,7 +168,7 @@ class MlflowSink(Sink):
                     by_key: str | None = None) -> dict[tuple[str, str], list[_Known]]:
         """The runs of `search_all`, by MLflow's search_runs."""
         if by_key is not None:
-            flt = f'tags."{by_key}" = \'1\''
+            flt = f'tags."{by_key}" = \'{ORIGIN_KEY_VALUE}\''
         else:
             quoted = search_value(origin_uri)
             flt = f'tags."{TAG_ORIGIN_URI}" = {quoted}' if quoted else f'tags."{TAG_ORIGIN_URI}" != \'\''
@@ -495,7 +496,7 @@ class MlflowRunWriter(RunScoped, RunWriter):
             TAG_ORIGIN_PROJECT: self.project_id,
             TAG_ORIGIN_RUN: self.source_run,
             TAG_MULTIPLIER: str(self.multiplier),
-            origin_key_tag(self.origin.uri, self.project_id, self.source_run): "1",
+            origin_key_tag(self.origin.uri, self.project_id, self.source_run): ORIGIN_KEY_VALUE,
         }
         for kind, examples in sorted(self._tag_hits.items()):
             for example in examples:

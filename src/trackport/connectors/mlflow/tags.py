@@ -7,6 +7,7 @@ longer ones silently).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .keys import FOREIGN_TAG_PREFIX, sanitize_key, with_suffix
@@ -33,6 +34,7 @@ TRACKPORT_TAG_PREFIX = "trackport."
 # rows, where a look by TAG_ORIGIN_RUN's value reads that key's row of every run in the store
 # (mlflow/store/tracking/dbmodels/models.py SqlTag; no index on `value`).
 TAG_ORIGIN_KEY_PREFIX = "trackport.origin.key."
+ORIGIN_KEY_VALUE = "1"
 
 # MLflow system tags mapped to run fields.
 TAG_RUN_NAME = "mlflow.runName"
@@ -45,8 +47,6 @@ RESERVED_TAGS = frozenset({TAG_RUN_NAME, TAG_NOTE, TAG_PARENT})
 def origin_key_tag(origin_uri: str, project_id: str, run_id: str) -> str:
     """The key of a run's TAG_ORIGIN_KEY_PREFIX tag (an MLflow tag key takes at most 250
     characters, so the origin goes in as a digest)."""
-    import hashlib
-
     digest = hashlib.sha256("\n".join((origin_uri, project_id, run_id)).encode("utf-8")).hexdigest()
     return f"{TAG_ORIGIN_KEY_PREFIX}{digest[:40]}"
 
